@@ -1,0 +1,7 @@
+"""`python -m transferlab` entry point."""
+
+import sys
+
+from transferlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The `transferlab` command line: a thin shell that parses, validates and calls library code.
+
+Each sub-command lives in `transferlab.commands.<name>` with two functions,
+`add_parser(subparsers)` and `run(args) -> int`, so that this file stays a dispatcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from transferlab import __version__
+from transferlab.errors import TransferlabError
+
+# Order is the order `transferlab --help` lists them in.
+COMMANDS = ("data", "models", "predict", "train", "compare", "sweep", "evaluate", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per command module."""
+    parser = argparse.ArgumentParser(
+        prog="transferlab",
+        description="Image classification by transfer learning (the 2018 CIFAR-100 study, rerun).",
+    )
+    parser.add_argument("--version", action="version", version=f"transferlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"transferlab.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"transferlab.commands.{name}":
+                raise
+            continue  # a command not built yet is simply not offered
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TransferlabError as err:
+        print(f"transferlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("transferlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
