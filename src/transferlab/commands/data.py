@@ -1,0 +1,76 @@
+"""`transferlab data info|plot`: look at a dataset before training on it."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from transferlab.commands._common import add_dataset_args, dataset_from_args
+from transferlab.data import make_splits
+from transferlab.data.plots import plot_class_counts, plot_dataset
+from transferlab.data.transforms import AUGMENTATIONS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="inspect a dataset: counts and figures")
+    actions = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    info = actions.add_parser("info", help="print images per split and per class")
+    add_dataset_args(info)
+    _add_split_args(info)
+    info.set_defaults(func=run_info)
+
+    plot = actions.add_parser("plot", help="write class-count, sample and augmentation figures (PNG)")
+    add_dataset_args(plot)
+    _add_split_args(plot)
+    plot.add_argument("--out", required=True, help="directory for the PNG files")
+    plot.add_argument("--augment", choices=AUGMENTATIONS[1:], default="study", help="augmentation to preview")
+    plot.set_defaults(func=run_plot)
+
+
+def _add_split_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--val-fraction", type=float, default=None, help="also show a stratified validation split of this share of the training set")
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the remaining training images kept (the study used 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+
+
+def _run_splits(args: argparse.Namespace, labels: np.ndarray) -> dict[str, np.ndarray] | None:
+    if args.val_fraction is None and args.train_fraction == 1.0:
+        return None
+    idx = make_splits(labels, args.val_fraction or 0.0, args.train_fraction, args.seed)
+    return {"train": labels[idx.train], "val": labels[idx.val]}
+
+
+def run_info(args: argparse.Namespace) -> int:
+    ds = dataset_from_args(args)
+    counts = ds.class_counts()
+    carved = _run_splits(args, ds["train"].labels)
+    if carved:
+        counts = {
+            **{k: np.bincount(v, minlength=ds.num_classes) for k, v in carved.items()},
+            **{k: v for k, v in counts.items() if k != "train"},
+        }
+    h, w = ds.image_size
+    print(f"{ds.name}: {ds.num_classes} classes, {h}x{w} RGB images")
+    for split, c in counts.items():
+        print(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)")
+    if ds.coarse_classes:
+        print(f"  coarse labels: {len(ds.coarse_classes)} superclasses (use --labels coarse)")
+    name_width = max(len(c) for c in ds.classes)
+    print(f"\n  {'class':<{name_width}} " + " ".join(f"{s:>7}" for s in counts))
+    for i, name in enumerate(ds.classes):
+        print(f"  {name:<{name_width}} " + " ".join(f"{int(c[i]):>7,}" for c in counts.values()))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    ds = dataset_from_args(args)
+    paths = plot_dataset(ds, args.out, augment=args.augment)
+    carved = _run_splits(args, ds["train"].labels)
+    if carved:
+        test = {k: v.labels for k, v in ds.splits.items() if k != "train"}
+        paths.append(plot_class_counts(ds, paths[0].with_name("class_counts_splits.png"), {**carved, **test}))
+    for p in paths:
+        print(p)
+    return 0

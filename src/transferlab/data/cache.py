@@ -1,0 +1,64 @@
+"""Where downloads and decoded arrays live, and how they are written without ever half-existing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "TRANSFERLAB_DATA"
+# Bump when the decoded format changes so old caches are ignored rather than misread.
+CACHE_FORMAT = 1
+
+
+def data_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the data/cache directory: `root`, else $TRANSFERLAB_DATA, else ~/.cache/transferlab."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "transferlab"
+
+
+def stable_hash(obj: object) -> str:
+    """A hex digest of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def save_arrays(directory: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write arrays (one .npy each) and meta.json into `directory` atomically.
+
+    Everything goes to a temporary sibling first and is renamed into place at the end, so a crash
+    or Ctrl-C never leaves a directory that looks complete but is not.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for key, value in arrays.items():
+            np.save(tmp / f"{key}.npy", value, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, **meta}, indent=1))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_arrays(directory: Path) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Read what `save_arrays` wrote; None when absent or from another cache format."""
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CACHE_FORMAT:
+        return None
+    arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(directory.glob("*.npy"))}
+    return arrays, meta

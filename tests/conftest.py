@@ -1,0 +1,36 @@
+"""Shared fixtures: where ../shared is, and the shared CIFAR-10 archive decoded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CIFAR10_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
+
+
+def require_shared(*parts: str) -> Path:
+    """The path under ../shared, or skip the test saying what is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the offline material in ../shared is not present)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data/cache root for tests on shared data: $TRANSFERLAB_DATA if set, else a session temp dir."""
+    env = os.environ.get("TRANSFERLAB_DATA")
+    return Path(env) if env else tmp_path_factory.mktemp("transferlab-data")
+
+
+@pytest.fixture(scope="session")
+def shared_cifar10(shared_data_root: Path):
+    """The shared CIFAR-10 image-folder archive, decoded once per test session."""
+    from transferlab.data import load_dataset
+
+    archive = require_shared("data", "cifar10-jpeg.tar.gz")
+    return load_dataset(f"folder:{archive}", data_root=shared_data_root)
