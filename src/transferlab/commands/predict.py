@@ -1,0 +1,60 @@
+"""`transferlab predict IMAGE... --model NAME --weights FILE [--top 5] [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from transferlab.predict import load_predict_model, predict_images
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `predict` sub-command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="top classes for image files",
+        description="Print the top classes of each image with a pretrained or transferlab-trained model.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument("--model", help="registry name (optional with a transferlab best.pt)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--weights", metavar="FILE", help=".safetensors, torch state dict, or RUN_DIR/best.pt"
+    )
+    source.add_argument(
+        "--weights-dir",
+        metavar="DIR",
+        help="folder searched by the architecture in each file's metadata",
+    )
+    source.add_argument(
+        "--pretrained", action="store_true", help="timm's ImageNet weights (online)"
+    )
+    parser.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass (default 32)"
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, predict, print."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
+    predictions = predict_images(
+        model, args.images, top=args.top, batch_size=args.batch_size, device=device
+    )
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return 0
+    for prediction in predictions:
+        print(prediction.image)
+        for rank, score in enumerate(prediction.top, start=1):
+            print(f"  {rank}. {score.prob:7.2%}  {score.name} ({score.index})")
+    return 0

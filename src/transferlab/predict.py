@@ -1,0 +1,176 @@
+"""Top-k predictions on image files, with each model's own preprocessing and class names.
+
+Images are prepared exactly as the weights expect (timm's evaluation transform built from the
+model's `pretrained_cfg`: resize to input_size / crop_pct, centre crop, normalise with the
+weights' mean and std), so a file gives the predictions it gave where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import ImageNetInfo, create_transform
+
+from transferlab.errors import TransferlabError
+from transferlab.models import (
+    PreprocessConfig,
+    TransferModel,
+    create_model,
+    find_weights,
+    get_model_entry,
+    model_from_checkpoint,
+    read_weights,
+)
+
+IMAGENET_CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassScore:
+    """One of the top classes for an image."""
+
+    index: int
+    name: str
+    prob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The top classes for one image, best first."""
+
+    image: str
+    top: list[ClassScore]
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"image": PATH, "top": [{"index", "name", "prob"}, ...]}` (the `--json` format)."""
+        return dataclasses.asdict(self)
+
+
+def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> normalised (3, H, W) tensor, as the model's weights expect."""
+    return create_transform(
+        input_size=(3, *cfg.input_size),
+        is_training=False,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+        crop_pct=cfg.crop_pct,
+    )
+
+
+def class_names(model: TransferModel) -> list[str]:
+    """The model's class names: its dataset's, ImageNet's for a 1000-class head, else indices."""
+    if model.classes is not None:
+        return list(model.classes)
+    if model.num_classes == IMAGENET_CLASSES:
+        info = ImageNetInfo()  # timm ships the ImageNet-1k synsets and descriptions
+        return [info.index_to_description(i) for i in range(IMAGENET_CLASSES)]
+    return [str(i) for i in range(model.num_classes)]
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image; TransferlabError if the file is missing or not an image."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise TransferlabError(f"image {path} not found; check the path") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise TransferlabError(f"{path} is not a readable image ({err})") from err
+
+
+@torch.no_grad()
+def predict_images(
+    model: TransferModel,
+    images: Sequence[str | Path],
+    top: int = 5,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> list[Prediction]:
+    """Top-`top` classes with softmax probabilities for each image file, in input order."""
+    if top < 1:
+        raise TransferlabError(f"--top must be >= 1, got {top}")
+    top = min(top, model.num_classes)
+    names = class_names(model)
+    transform = eval_transform(model.pretrained_cfg)
+    model = model.to(device).eval()
+    results: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        paths = images[start : start + batch_size]
+        batch = torch.stack([transform(load_image(p)) for p in paths]).to(device)
+        probs = model(batch).float().softmax(dim=1)
+        values, indices = probs.topk(top, dim=1)
+        for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
+            scores = [ClassScore(i, names[i], round(v, 6)) for v, i in zip(vals, idxs, strict=True)]
+            results.append(Prediction(str(path), scores))
+    return results
+
+
+def load_predict_model(
+    model_name: str | None,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    pretrained: bool = False,
+) -> TransferModel:
+    """A model with a trained classifier, ready to predict.
+
+    Args:
+        model_name: registry name; may be omitted for a transferlab checkpoint (it records it).
+        weights: a transferlab `best.pt`, or a weights file with a classifier (e.g. ImageNet).
+        weights_dir: a folder holding a weights file for `model_name` (see `create_model`).
+        pretrained: download timm's ImageNet weights instead.
+
+    Raises:
+        TransferlabError: if nothing says which weights to use, or they have no classifier.
+    """
+    if weights is not None and Path(weights).suffix != ".safetensors":
+        source = read_weights(weights)
+        if source.checkpoint is not None:
+            model = model_from_checkpoint(source.checkpoint, origin=str(weights))
+            if model_name is not None and model_name != model.model_name:
+                raise TransferlabError(
+                    f"{weights} holds a {model.model_name} model, not {model_name}; drop --model"
+                )
+            return model
+    if model_name is None:
+        raise TransferlabError("--model is required unless --weights is a transferlab checkpoint")
+    if weights is None and weights_dir is None and not pretrained:
+        raise TransferlabError(
+            "say which weights to use: --weights FILE, --weights-dir DIR or --pretrained"
+        )
+    num_classes, head = IMAGENET_CLASSES, "linear"  # the classifier of ImageNet weights
+    if weights is not None or weights_dir is not None:
+        entry = get_model_entry(model_name)
+        path = (
+            weights
+            if weights is not None
+            else find_weights(weights_dir, entry.accepts(), model_name)
+        )
+        source = read_weights(path)
+        if source.num_classes == 0:
+            raise TransferlabError(
+                f"{Path(path).name} has no classifier (backbone only), so it cannot predict classes; "
+                "fine-tune it with `transferlab train` and predict with the run's best.pt"
+            )
+        num_classes = source.num_classes or num_classes
+        head = source.model_kwargs().get("head", head)
+        weights, weights_dir = path, None
+    model = create_model(
+        model_name,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        weights=weights,
+        weights_dir=weights_dir,
+        head=head,
+    )
+    if not model.head_pretrained:
+        raise TransferlabError(
+            f"the weights for {model_name} did not include a usable classifier ({model.load_report}); "
+            "predict needs trained class weights"
+        )
+    return model
