@@ -1,0 +1,373 @@
+"""Configuration of one training run: data, model, and a list of training stages.
+
+A run is described by a `TrainConfig` (dataclasses with a default and a unit on every field).
+The resolved config is saved as `config.yaml` in the run directory and inside every checkpoint.
+
+Precedence: dataclass defaults < YAML file < CLI flags.
+
+YAML format (every key optional; unknown keys are an error)::
+
+    run_name: study_inception_v3     # run directory name under out_dir ("" = <model>-<timestamp>)
+    out_dir: runs
+    dataset: cifar100                # any transferlab.data.load_dataset spec, e.g. folder:PATH
+    labels: fine
+    val_fraction: 0.1                # 0 = no validation set (early stopping is then disabled)
+    model: inception_v3
+    pretrained: true
+    weights: ../shared/weights/inception_v3.nsfwjs_partial_in1k.safetensors
+    batch_size: 64                   # default batch size of every stage
+    stages:
+      - name: head
+        train: head                  # "head" | "all" | "from:<feature stage name>"
+        optimizer: rmsprop           # Keras defaults: lr 1e-3, rho 0.9, eps 1e-7
+        epochs: 5
+      - name: finetune
+        train: from:Mixed_7b         # freeze everything before the top two inception blocks
+        optimizer: sgd
+        lr: 1.0e-4
+        momentum: 0.9
+        epochs: 10
+        early_stopping: {monitor: val_acc1, patience: 3, restore_best: true}
+
+CLI flags map one to one onto the top-level fields in kebab case (`--train-fraction 0.1`,
+`--batch-size 256`, `--no-pretrained`). Stage fields are set with dotted overrides
+`--set stages.0.lr=1e-3` or by stage name `--set stages.head.epochs=3`; any field can be set
+this way (`--set early_stopping...` is per stage: `--set stages.finetune.early_stopping.patience=5`).
+Values are parsed as YAML scalars (`1e-3`, `true`, `null`, `[224, 224]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transferlab.errors import TransferlabError
+
+OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "step", "plateau")
+MONITORS = ("val_loss", "val_acc1")
+CACHE_MODES = ("auto", "true", "false")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+EXTRACT_BACKENDS = ("auto", "eager", "compile")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Keras `EarlyStopping` semantics for one stage."""
+
+    enabled: bool = False  # stop when `monitor` has not improved for `patience` epochs
+    monitor: str = "val_loss"  # val_loss (lower is better) | val_acc1 (higher is better)
+    min_delta: float = 0.0  # smallest change that counts as an improvement (monitor units)
+    patience: int = 3  # epochs without improvement before stopping
+    restore_best: bool = True  # on stopping, load the weights of the best epoch (Keras restore_best_weights)
+
+
+@dataclass
+class StageConfig:
+    """One training stage: what is trained, with which optimiser and schedule, for how long."""
+
+    name: str = "train"  # unique stage name (metrics, checkpoints, summary["epochs"])
+    train: str = "all"  # "head" | "all" | "from:<feature stage name>" (train from that stage up)
+    optimizer: str = "rmsprop"  # rmsprop | sgd | adam | adamw
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.0  # SGD / RMSprop momentum
+    nesterov: bool = False  # SGD only
+    weight_decay: float = 0.0  # L2 (sgd, rmsprop, adam) or decoupled (adamw)
+    rho: float = 0.9  # RMSprop squared-gradient decay (Keras rho = torch alpha)
+    eps: float = 1e-7  # optimiser epsilon; 1e-7 is the Keras default (torch's is 1e-8)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW
+    epochs: int = 1  # maximum epochs of this stage
+    batch_size: int | None = None  # images per optimiser step (global); None = TrainConfig.batch_size
+    schedule: str = "none"  # none | cosine | step | plateau
+    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr (epochs, stepped per batch)
+    min_lr: float = 0.0  # cosine floor
+    step_epochs: int = 10  # step schedule: epochs between decays
+    gamma: float = 0.1  # step / plateau decay factor
+    plateau_patience: int = 2  # plateau schedule: epochs without val improvement before decaying
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    cache_features: str = "auto"  # auto | true | false: train above a frozen part on cached outputs
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig()]
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: one model on one dataset through a list of stages."""
+
+    run_name: str = ""  # run directory name under out_dir; "" = "<model>-<UTC timestamp>"
+    out_dir: str = "runs"  # parent folder of run directories
+    dataset: str = "cifar100"  # load_dataset spec: cifar100 | cifar10 | folder:PATH | synthetic:...
+    data_root: str | None = None  # dataset download/cache folder (None = the data layer's default)
+    cache_dir: str | None = None  # cached-feature folder (None = <data cache dir>/features)
+    labels: str = "fine"  # fine | coarse (CIFAR-100)
+    image_size: int | None = None  # decode size of the stored images (px); None = native
+    val_fraction: float = 0.1  # share of the training split held out for validation; 0 = none
+    train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
+    split_seed: int = 0  # seed of the stratified train / val split
+    seed: int = 0  # seed of initialisation, shuffling, augmentation and dropout
+    model: str = "benchmark_cnn"  # transferlab.models registry name
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
+    pretrained: bool = False  # load pretrained backbone weights
+    weights: str | None = None  # weights file (safetensors) or name; None = the model's default
+    weights_dir: str | None = None  # folder searched for weights files
+    head: str = "study"  # classifier head variant (create_model head=)
+    input_size: int | None = None  # model input size (px, square); None = the model's default
+    augment: str = "none"  # none | study | standard | strong (BatchTransform augment=)
+    batch_size: int = 128  # default global batch size of every stage (images)
+    eval_batch_size: int | None = None  # evaluation / extraction batch (images); None = 2 * batch_size
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
+    amp: str = "auto"  # auto (bf16 if supported else fp16 on CUDA, off elsewhere) | off | bf16 | fp16
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
+    compile: bool = False  # torch.compile the trained model (CUDA mainly)
+    extract_backend: str = "auto"  # frozen-feature extraction: auto | eager | compile
+    cache_memory_gb: float = 4.0  # largest cached activation set held for a freeze boundary (GiB)
+    checkpoint_every: int = 0  # also write last.pt every N optimiser steps (0 = at epoch ends only)
+    quiet: bool = False  # no progress bars (CI)
+    stages: list[StageConfig] = field(default_factory=_default_stages)  # run in order
+
+    def stage_batch_size(self, stage: StageConfig) -> int:
+        """The global batch size a stage trains with."""
+        return stage.batch_size or self.batch_size
+
+    def eval_batch(self) -> int:
+        """Batch size for evaluation and feature extraction."""
+        return self.eval_batch_size or 2 * self.batch_size
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys with a helpful message."""
+    if not isinstance(data, dict):
+        raise TransferlabError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise TransferlabError(
+            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if cls is TrainConfig and key == "stages":
+            if not isinstance(value, list) or not value:
+                raise TransferlabError(f"{where}.stages: expected a non-empty list of stages")
+            value = [_from_dict(StageConfig, s, f"{where}.stages.{i}") for i, s in enumerate(value)]
+        elif cls is StageConfig and key == "early_stopping":
+            if isinstance(value, bool):
+                value = {"enabled": value}
+            value = {"enabled": True, **value} if isinstance(value, dict) else value
+            value = _from_dict(EarlyStoppingConfig, value, f"{where}.early_stopping")
+        elif key == "betas" and isinstance(value, (list, tuple)):
+            value = tuple(_coerce(v, float, f"{where}.betas") for v in value)
+        else:
+            value = _coerce(value, hints[key], f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to a field's type (YAML reads 1e-3 as a string, 3 as an int)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint is int and isinstance(value, (str, float)) and _is_integral(value):
+        return int(float(value))
+    elif hint is bool and isinstance(value, bool):
+        return value
+    elif hint is str and isinstance(value, (str, int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    elif typing.get_origin(hint) in (dict, list) and isinstance(value, typing.get_origin(hint)):
+        return value
+    else:
+        return value if hint is Any else _bad(value, hint, where)
+    return _bad(value, hint, where)
+
+
+def _is_integral(value: str | float) -> bool:
+    try:
+        return float(value).is_integer()
+    except ValueError:
+        return False
+
+
+def _bad(value: Any, hint: Any, where: str) -> Any:
+    name = getattr(hint, "__name__", str(hint))
+    raise TransferlabError(f"{where}={value!r} must be of type {name}")
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build and validate a `TrainConfig` from a plain dict (e.g. parsed YAML)."""
+    config = _from_dict(TrainConfig, data or {}, "config")
+    validate(config)
+    return config
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain-dict form of a config (YAML/JSON safe)."""
+    data = dataclasses.asdict(config)
+    for stage in data["stages"]:
+        stage["betas"] = list(stage["betas"])
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> TrainConfig:
+    """Resolve a config: defaults < YAML file < flag overrides < dotted `--set` overrides.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        overrides: top-level field values (e.g. from CLI flags); None values are ignored.
+        sets: dotted assignments such as ``"stages.0.lr=1e-3"`` or ``"stages.head.epochs=3"``.
+
+    Returns:
+        The validated config.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TransferlabError(f"config file {path} not found; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise TransferlabError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise TransferlabError(f"config file {path} must hold a mapping of fields")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    # Normalise into dataclasses first so `--set stages.0...` works on default stages too.
+    data = config_to_dict(_from_dict(TrainConfig, data, "config"))
+    for assignment in sets or []:
+        apply_set(data, assignment)
+    return config_from_dict(data)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the config as YAML atomically."""
+    from transferlab.training.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def apply_set(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` assignment to a config dict in place.
+
+    List items are addressed by index (``stages.0``) or, for stages, by name (``stages.head``).
+    """
+    if "=" not in assignment:
+        raise TransferlabError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.0.lr=1e-3")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = [p.replace("-", "_") for p in key.strip().split(".")]
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(node, part, key)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if part not in node:
+                raise TransferlabError(
+                    f"--set {key}: unknown key {part!r}; valid keys here are {sorted(node)}"
+                )
+            if last:
+                node[part] = value
+            else:
+                if node[part] is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise TransferlabError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping or list")
+
+
+def _list_index(items: list[Any], part: str, key: str) -> int:
+    if re.fullmatch(r"-?\d+", part):
+        index = int(part)
+        if -len(items) <= index < len(items):
+            return index % len(items)
+        raise TransferlabError(f"--set {key}: index {index} out of range (there are {len(items)})")
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if part in names:
+        return names.index(part)
+    raise TransferlabError(f"--set {key}: no item named {part!r}; names are {names}")
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise TransferlabError(f"{where}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def validate(config: TrainConfig) -> None:
+    """Check value ranges and choices; raise `TransferlabError` naming the field and the fix."""
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise TransferlabError(f"val_fraction={config.val_fraction} must be in [0, 1)")
+    if not 0.0 < config.train_fraction <= 1.0:
+        raise TransferlabError(f"train_fraction={config.train_fraction} must be in (0, 1]")
+    if config.batch_size < 1:
+        raise TransferlabError(f"batch_size={config.batch_size} must be a positive integer")
+    if config.labels not in ("fine", "coarse"):
+        raise TransferlabError(f"labels={config.labels!r} must be 'fine' or 'coarse'")
+    _choice(config.amp, AMP_MODES, "amp")
+    _choice(config.extract_backend, EXTRACT_BACKENDS, "extract_backend")
+    if config.checkpoint_every < 0:
+        raise TransferlabError("checkpoint_every must be >= 0 (0 = only at epoch ends)")
+    if not isinstance(config.model_kwargs, dict):
+        raise TransferlabError("model_kwargs must be a mapping, e.g. {drop_rate: 0.2}")
+    names = [s.name for s in config.stages]
+    if len(set(names)) != len(names):
+        raise TransferlabError(f"stage names must be unique, got {names}")
+    for i, s in enumerate(config.stages):
+        where = f"stages.{i} ({s.name})"
+        if not s.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", s.name):
+            raise TransferlabError(f"{where}: name must be letters, digits, '_' or '-'")
+        if s.train not in ("head", "all") and not s.train.startswith("from:"):
+            raise TransferlabError(
+                f"{where}: train={s.train!r}; use 'head', 'all' or 'from:<feature stage name>'"
+            )
+        s.optimizer = s.optimizer.lower()
+        _choice(s.optimizer, OPTIMIZERS, f"{where}.optimizer")
+        _choice(s.schedule, SCHEDULES, f"{where}.schedule")
+        s.cache_features = str(s.cache_features).lower()
+        _choice(s.cache_features, CACHE_MODES, f"{where}.cache_features")
+        _choice(s.early_stopping.monitor, MONITORS, f"{where}.early_stopping.monitor")
+        if s.lr <= 0:
+            raise TransferlabError(f"{where}: lr={s.lr} must be positive")
+        if s.epochs < 0:
+            raise TransferlabError(f"{where}: epochs={s.epochs} must be >= 0")
+        if s.batch_size is not None and s.batch_size < 1:
+            raise TransferlabError(f"{where}: batch_size={s.batch_size} must be positive")
+        if not 0.0 <= s.label_smoothing < 1.0:
+            raise TransferlabError(f"{where}: label_smoothing must be in [0, 1)")
+        if s.nesterov and (s.optimizer != "sgd" or s.momentum <= 0):
+            raise TransferlabError(f"{where}: nesterov needs optimizer sgd with momentum > 0")
+        if s.early_stopping.patience < 0:
+            raise TransferlabError(f"{where}: early_stopping.patience must be >= 0")
