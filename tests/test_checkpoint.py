@@ -155,6 +155,18 @@ def test_checkpoint_crash_inside_torch_save(tmp_path: Path, monkeypatch: pytest.
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
 
 
+def test_atomic_files_get_the_umask_default_mode(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files; an atomically written file must look like a plainly written one."""
+    old_umask = os.umask(0o022)
+    try:
+        save_checkpoint({"version": 1}, tmp_path / "best.pt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old_umask)
+    mode = (tmp_path / "best.pt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "best.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -52,6 +52,17 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     ({"stages": [{"name": "a"}, {"name": "a"}]}, "unique"),
     ({"stages": [{"optimizer": "adam", "nesterov": True}]}, "nesterov"),
     ({"stages": [{"early_stopping": {"monitor": "acc"}}]}, "monitor"),
+    ({"augment": "heavy"}, "augment='heavy' is not valid; choose one of none"),
+    ({"head": "mlp"}, "head='mlp' is not valid"),
+    ({"input_size": 0}, "input_size=0 must be a positive integer"),
+    ({"image_size": -1}, "image_size=-1"),
+    ({"eval_batch_size": 0}, "eval_batch_size=0"),
+    ({"stages": [{"betas": [0.9]}]}, "betas=.*two values"),
+    ({"stages": [{"warmup_epochs": -1}]}, "warmup_epochs"),
+    ({"stages": [{"min_lr": 0.1, "lr": 0.01}]}, r"min_lr=0.1 must be in \[0, lr=0.01\]"),
+    ({"stages": [{"min_lr": -1e-5}]}, "min_lr"),
+    ({"stages": [{"gamma": 0.0}]}, r"gamma=0.0 must be in \(0, 1\]"),
+    ({"stages": [{"rho": 1.5}]}, "rho=1.5"),
 ])
 def test_bad_values_raise_clear_errors(data: dict, words: str) -> None:
     with pytest.raises(TransferlabError, match=words):
@@ -88,3 +99,9 @@ def test_cli_print_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["train_fraction"] == 0.5 and out["channels_last"] is False
     assert out["stages"][0]["epochs"] == 4
     assert TrainConfig().channels_last is True
+
+
+def test_cli_bad_augment_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--print-config", "--dataset", "synthetic", "--augment", "heavy"]) == 2
+    err = capsys.readouterr().err
+    assert "augment='heavy'" in err and "standard" in err and "Traceback" not in err

@@ -57,3 +57,21 @@ def test_no_validation_keeps_everything(labels: np.ndarray) -> None:
 def test_bad_fractions(labels: np.ndarray, val: float, train: float) -> None:
     with pytest.raises(TransferlabError, match="fraction"):
         make_splits(labels, val, train)
+
+
+def test_save_failure_keeps_the_old_file_and_leaves_no_temp(labels: np.ndarray, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "splits.npz"
+    first = make_splits(labels, seed=1)
+    first.save(path)
+
+    def dying_savez(f: object, **arrays: object) -> None:
+        f.write(b"PARTIAL")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", dying_savez)
+    with pytest.raises(OSError, match="disk full"):
+        make_splits(labels, seed=2).save(path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(SplitIndices.load(path).train, first.train)
+    assert [p.name for p in tmp_path.iterdir()] == ["splits.npz"]

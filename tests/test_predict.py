@@ -171,3 +171,36 @@ def test_backbone_only_file_cannot_predict():
     path = require_shared("weights", "inception_v3.nsfwjs_partial_in1k.safetensors")
     with pytest.raises(TransferlabError, match="no classifier"):
         load_predict_model("inception_v3", weights=path)
+
+
+@pytest.mark.parametrize("train", ["all", "head"])  # through the model, and on cached features
+def test_predict_on_a_run_checkpoint_reproduces_the_runs_test_logits(tmp_path, train):
+    """predict prepares a file as the run prepared its test set (8 px images trained at 32 px)."""
+    from transferlab.config import config_from_dict
+    from transferlab.data import load_dataset
+    from transferlab.training import train_run
+
+    data = "synthetic:classes=4,train=32,test=8,size=8"
+    config = config_from_dict({
+        "run_name": "run", "out_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+        "dataset": data, "val_fraction": 0.25, "batch_size": 8, "quiet": True,
+        "extract_backend": "eager", "model": "benchmark_cnn",
+        "stages": [{"name": "s", "train": train, "epochs": 1, "lr": 3e-3}],
+    })
+    run_dir = train_run(config)
+    with np.load(run_dir / "predictions_test.npz") as z:
+        expected = torch.from_numpy(z["logits"])
+    test = load_dataset(data)["test"]
+    model = load_predict_model(None, weights=run_dir / "best.pt")
+    cfg = model.pretrained_cfg
+    assert (cfg.input_size, cfg.crop_pct, cfg.crop_mode) == ((32, 32), 1.0, "squash")
+    transform = eval_transform(cfg)
+    for i in (0, 5):
+        path = tmp_path / f"test{i}.png"  # PNG: lossless, the same pixels as the dataset's
+        Image.fromarray(test.images[i]).save(path)
+        with torch.no_grad():
+            logits = model.eval()(transform(Image.open(path))[None])[0]
+        torch.testing.assert_close(logits, expected[i], rtol=1e-4, atol=1e-5)
+        top = predict_images(model, [str(path)], top=1)[0].top[0]
+        probs = expected[i].softmax(0)
+        assert top.index == int(probs.argmax()) and top.prob == pytest.approx(float(probs.max()), abs=1e-5)

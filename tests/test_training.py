@@ -13,6 +13,7 @@ from torch import nn
 
 from transferlab.cli import main
 from transferlab.config import EarlyStoppingConfig, StageConfig, config_from_dict
+from transferlab.data import SplitIndices
 from transferlab.models import create_model, freeze, load_checkpoint_model
 from transferlab.training import Batches, fit, is_finished, train_run
 from transferlab.training.distributed import DistContext
@@ -87,11 +88,46 @@ def test_rmsprop_matches_keras_update_rule() -> None:
         torch.testing.assert_close(w.detach(), ref)
 
 
-def test_sgd_nesterov_and_frozen_parameters_excluded() -> None:
-    a, b = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1), requires_grad=False)
-    opt = build_optimizer(StageConfig(optimizer="sgd", lr=1e-4, momentum=0.9, nesterov=True), [a, b])
-    group = opt.param_groups[0]
-    assert group["params"] == [a] and group["nesterov"] and group["momentum"] == 0.9
+def test_sgd_nesterov_matches_keras_and_frozen_parameters_excluded() -> None:
+    """Keras SGD(nesterov): v = m v - lr g; w += m v - lr g. Frozen parameters never move."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    lr, m = 0.1, 0.9
+    opt = build_optimizer(StageConfig(optimizer="sgd", lr=lr, momentum=m, nesterov=True),
+                          model.parameters())
+    in_optimizer = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_optimizer == {id(p) for p in model[1].parameters()}
+    ref = [p.detach().clone() for p in model[1].parameters()]
+    velocity = [torch.zeros_like(p) for p in ref]
+    x = torch.randn(5, 3)
+    for _ in range(3):
+        opt.zero_grad()
+        (model(x) ** 2).sum().backward()
+        grads = [p.grad.detach().clone() for p in model[1].parameters()]
+        for i, g in enumerate(grads):
+            velocity[i] = m * velocity[i] - lr * g
+            ref[i] = ref[i] + m * velocity[i] - lr * g
+        opt.step()
+        for p, r in zip(model[1].parameters(), ref, strict=True):
+            torch.testing.assert_close(p.detach(), r)
+    for p, f in zip(model[0].parameters(), frozen, strict=True):
+        assert torch.equal(p.detach(), f)
+
+
+def test_plateau_schedule_matches_keras_reduce_lr_on_plateau() -> None:
+    """Keras ReduceLROnPlateau(patience=2): the lr drops after 2 epochs in a row without improvement."""
+    w = nn.Parameter(torch.ones(1))
+    stage = StageConfig(lr=1.0, schedule="plateau", plateau_patience=2, gamma=0.5)
+    opt = build_optimizer(stage, [w])
+    sched = StageScheduler(opt, stage, steps_per_epoch=1)
+    lrs = []
+    for val_loss in (1.0, 1.1, 1.2, 1.3, 0.5, 0.6):
+        sched.step_epoch(val_loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
 
 
 def test_warmup_then_cosine() -> None:
@@ -180,7 +216,7 @@ def test_nan_loss_stops_the_stage_and_restores_best() -> None:
     messages: list[str] = []
     progress = fit(plan, log=messages.append)
     assert progress.stopped == "non_finite_loss" and progress.epoch == 1
-    assert any("nan" in m.lower() and "best checkpoint is kept" in m for m in messages)
+    assert any("nan" in m.lower() and "restored the weights of epoch 1" in m for m in messages)
     assert all(torch.isfinite(p).all() for p in model.parameters())  # best (epoch 1) weights back
 
 
@@ -190,12 +226,32 @@ def test_run_with_nan_stage_keeps_best_checkpoint(tmp_path: Path) -> None:
         {"name": "boom", "train": "all", "optimizer": "sgd", "lr": 1e30, "epochs": 2},
     ])
     run_dir = train_run(config)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = _strict_json(run_dir / "summary.json")
     assert "non-finite" in summary["stopped"]
     ckpt = torch.load(run_dir / "best.pt", weights_only=False)
     assert ckpt["stage"] == "head"
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     assert np.isfinite(summary["test_acc1"])
+
+
+def _strict_json(path: Path) -> Any:
+    """Parse JSON, refusing the NaN / Infinity tokens json.dumps writes by default."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{path.name} holds {token}: not valid JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_nan_in_the_first_epoch_writes_no_test_metrics(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tmp_path, quiet=False, stages=[
+        {"name": "boom", "train": "all", "optimizer": "sgd", "lr": 1e30, "epochs": 2}])
+    run_dir = train_run(config)
+    out = capsys.readouterr().out
+    summary = _strict_json(run_dir / "summary.json")
+    assert "non-finite" in summary["stopped"] and summary["epochs"] == {"boom": 0}
+    assert summary["test_acc1"] is None and summary["test_loss"] is None
+    assert not (run_dir / "best.pt").exists() and not (run_dir / "predictions_test.npz").exists()
+    assert "no best checkpoint" in out and "best checkpoint is kept" not in out
 
 
 # -- cached features -----------------------------------------------------------------------------
@@ -227,9 +283,38 @@ def test_feature_cache_is_reused_and_keyed(tmp_path: Path) -> None:
     assert sorted((tmp_path / "cache" / "features").iterdir()) == entries
     info = json.loads((second / "summary.json").read_text())["stages"]["s"]
     assert info["extracted_images"] == 0  # all from disk
-    assert json.loads((first / "summary.json").read_text())["stages"]["s"]["extracted_images"] == 64 + 24
+    splits = SplitIndices.load(first / "splits.npz")
+    with np.load(first / "predictions_test.npz") as z:
+        n_test = len(z["labels"])
+    extracted = json.loads((first / "summary.json").read_text())["stages"]["s"]["extracted_images"]
+    assert extracted == len(splits.train) + len(splits.val) + n_test
     train_run(tiny_config(tmp_path, stages=stage, run_name="three", seed=1))  # other frozen weights
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 6
+
+
+def test_feature_cache_key_covers_model_options_and_precision(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options that change the features but not the weights, and the precision, make new entries."""
+    from transferlab.training import run as run_module
+    from transferlab.training.device import Precision
+
+    features = tmp_path / "cache" / "features"
+    stage = [{"name": "s", "train": "head", "epochs": 1, "cache_features": "true"}]
+    net = {"model": "mobilenet_v2_paper", "stages": stage}
+
+    def kwargs(dropout: float) -> dict[str, Any]:
+        return {"width_mult": 0.35, "cifar_stem": True, "dropout": dropout}
+
+    a = train_run(tiny_config(tmp_path, run_name="a", model_kwargs=kwargs(0.2), **net))
+    assert len(list(features.iterdir())) == 3
+    b = train_run(tiny_config(tmp_path, run_name="b", model_kwargs=kwargs(0.3), **net))
+    frozen_a = torch.load(a / "best.pt", weights_only=True)["state_dict"]
+    frozen_b = torch.load(b / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(frozen_a[k], frozen_b[k]) for k in frozen_a if k.startswith("backbone."))
+    assert len(list(features.iterdir())) == 6  # same frozen weights, other model_kwargs
+    monkeypatch.setattr(run_module, "select_precision", lambda amp, device: Precision(torch.bfloat16, False))
+    train_run(tiny_config(tmp_path, run_name="c", model_kwargs=kwargs(0.2), **net))
+    assert len(list(features.iterdir())) == 9  # bf16 features are other features
 
 
 def test_boundary_cache_over_memory_budget_trains_through_the_backbone(

@@ -266,7 +266,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the config as YAML atomically."""
-    from transferlab.training.checkpoint import atomic_write_text
+    from transferlab.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
@@ -336,6 +336,16 @@ def validate(config: TrainConfig) -> None:
         raise TransferlabError(f"batch_size={config.batch_size} must be a positive integer")
     if config.labels not in ("fine", "coarse"):
         raise TransferlabError(f"labels={config.labels!r} must be 'fine' or 'coarse'")
+    # Imported here: the config module stays light for tools that only read YAML.
+    from transferlab.data.transforms import AUGMENTATIONS
+    from transferlab.models.heads import HEADS
+
+    _choice(config.augment, AUGMENTATIONS, "augment")
+    _choice(config.head, HEADS, "head")
+    for name in ("input_size", "image_size", "eval_batch_size"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise TransferlabError(f"{name}={value} must be a positive integer, or null for the default")
     _choice(config.amp, AMP_MODES, "amp")
     _choice(config.extract_backend, EXTRACT_BACKENDS, "extract_backend")
     if config.checkpoint_every < 0:
@@ -369,5 +379,14 @@ def validate(config: TrainConfig) -> None:
             raise TransferlabError(f"{where}: label_smoothing must be in [0, 1)")
         if s.nesterov and (s.optimizer != "sgd" or s.momentum <= 0):
             raise TransferlabError(f"{where}: nesterov needs optimizer sgd with momentum > 0")
+        if len(s.betas) != 2:
+            raise TransferlabError(f"{where}: betas={list(s.betas)} needs two values, e.g. [0.9, 0.999]")
+        if s.warmup_epochs < 0:
+            raise TransferlabError(f"{where}: warmup_epochs={s.warmup_epochs} must be >= 0 (0 = no warm-up)")
+        if not 0.0 <= s.min_lr <= s.lr:
+            raise TransferlabError(f"{where}: min_lr={s.min_lr} must be in [0, lr={s.lr}]")
+        for name in ("gamma", "rho"):
+            if not 0.0 < getattr(s, name) <= 1.0:
+                raise TransferlabError(f"{where}: {name}={getattr(s, name)} must be in (0, 1]")
         if s.early_stopping.patience < 0:
             raise TransferlabError(f"{where}: early_stopping.patience must be >= 0")

@@ -1,8 +1,11 @@
 """Top-k predictions on image files, with each model's own preprocessing and class names.
 
-Images are prepared exactly as the weights expect (timm's evaluation transform built from the
-model's `pretrained_cfg`: resize to input_size / crop_pct, centre crop, normalise with the
-weights' mean and std), so a file gives the predictions it gave where it came from.
+Images are prepared exactly as the weights expect, from the model's `pretrained_cfg`: for
+ImageNet-style weights timm's evaluation transform (resize to input_size / crop_pct, centre
+crop, normalise with the weights' mean and std); for a transferlab run's `best.pt`
+(``crop_mode="squash"``) the run's own evaluation transform (`BatchTransform`: the whole image
+resized to the run's input size, then normalised), so a file gives the predictions it gave
+where it came from.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform
@@ -53,6 +57,19 @@ class Prediction:
 
 def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> normalised (3, H, W) tensor, as the model's weights expect."""
+    if cfg.crop_mode == "squash":
+        from transferlab.data.transforms import BatchTransform
+
+        # The transform training and evaluation used (torch resize with antialias), not PIL's
+        # resize, so predictions equal the run's own on the same pixels.
+        batch = BatchTransform(cfg.input_size, mean=cfg.mean, std=cfg.std,
+                               interpolation=cfg.interpolation, augment="none").eval()
+
+        def transform(image: Image.Image) -> torch.Tensor:
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
+            return batch(pixels[None])[0]
+
+        return transform
     return create_transform(
         input_size=(3, *cfg.input_size),
         is_training=False,
@@ -60,6 +77,7 @@ def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tenso
         mean=cfg.mean,
         std=cfg.std,
         crop_pct=cfg.crop_pct,
+        crop_mode=cfg.crop_mode,
     )
 
 
@@ -128,6 +146,7 @@ def load_predict_model(
     Raises:
         TransferlabError: if nothing says which weights to use, or they have no classifier.
     """
+    source = None
     if weights is not None and Path(weights).suffix != ".safetensors":
         source = read_weights(weights)
         if source.checkpoint is not None:
@@ -151,7 +170,8 @@ def load_predict_model(
             if weights is not None
             else find_weights(weights_dir, entry.accepts(), model_name)
         )
-        source = read_weights(path)
+        if source is None or path != weights:
+            source = read_weights(path)
         if source.num_classes == 0:
             raise TransferlabError(
                 f"{Path(path).name} has no classifier (backbone only), so it cannot predict classes; "
@@ -159,7 +179,7 @@ def load_predict_model(
             )
         num_classes = source.num_classes or num_classes
         head = source.model_kwargs().get("head", head)
-        weights, weights_dir = path, None
+        weights, weights_dir = source, None  # create_model takes the file already read
     model = create_model(
         model_name,
         num_classes=num_classes,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from transferlab.io import atomic_write_dir
 
 ENV_VAR = "TRANSFERLAB_DATA"
 # Bump when the decoded format changes so old caches are ignored rather than misread.
@@ -36,20 +36,26 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray], meta: dict) -> N
     """Write arrays (one .npy each) and meta.json into `directory` atomically.
 
     Everything goes to a temporary sibling first and is renamed into place at the end, so a crash
-    or Ctrl-C never leaves a directory that looks complete but is not.
+    or Ctrl-C never leaves a directory that looks complete but is not. When several processes
+    (torchrun ranks) write the same directory at once, the first complete one wins and the
+    others keep it.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         for key, value in arrays.items():
             np.save(tmp / f"{key}.npy", value, allow_pickle=False)
+        # meta.json last: its presence marks a complete directory.
         (tmp / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, **meta}, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(directory, fill, is_valid=_is_complete)
+
+
+def _is_complete(directory: Path) -> bool:
+    """Whether `directory` holds a finished cache entry of this format."""
+    try:
+        return json.loads((directory / "meta.json").read_text()).get("format") == CACHE_FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def load_arrays(directory: Path) -> tuple[dict[str, np.ndarray], dict] | None:

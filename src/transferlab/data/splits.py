@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write
 
 
 @dataclass
@@ -33,18 +33,17 @@ class SplitIndices:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an .npz file (atomically: temp file then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(
+        atomic_write(
+            path,
+            lambda f: np.savez(
                 f,
                 train=self.train,
                 val=self.val,
                 seed=self.seed,
                 val_fraction=self.val_fraction,
                 train_fraction=self.train_fraction,
-            )
-        os.replace(tmp, path)
+            ),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SplitIndices:

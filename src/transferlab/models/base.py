@@ -21,6 +21,7 @@ from transferlab.errors import TransferlabError
 # ImageNet statistics (timm.data.IMAGENET_DEFAULT_MEAN / _STD), the default for models trained here.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_MODES = ("center", "squash", "border")  # timm pretrained_cfg crop modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class PreprocessConfig:
         std: per-channel standard deviation divided by after subtracting the mean.
         interpolation: resize filter name ("bilinear", "bicubic", "nearest").
         crop_pct: evaluation centre-crop fraction: resize to input_size / crop_pct, then crop.
+        crop_mode: "center" or "border" (timm's evaluation transform: resize, then crop)
+            or "squash" (resize the whole image to input_size, as transferlab training does; a
+            run's best.pt records this with crop_pct 1.0).
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -40,6 +44,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
+    crop_mode: str = "center"
 
     def __post_init__(self) -> None:
         # Normalise lists (YAML, JSON, checkpoints) to tuples so configs compare and hash equal.
@@ -55,6 +60,10 @@ class PreprocessConfig:
             )
         if not 0 < self.crop_pct <= 1:
             raise TransferlabError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.crop_mode not in CROP_MODES:
+            raise TransferlabError(
+                f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-friendly dict (lists instead of tuples)."""

@@ -22,7 +22,7 @@ def create_model(
     name: str,
     num_classes: int = 100,
     pretrained: bool = False,
-    weights: str | Path | None = None,
+    weights: str | Path | WeightsFile | None = None,
     weights_dir: str | Path | None = None,
     head: str = "study",
     input_size: tuple[int, int] | list[int] | int | None = None,
@@ -36,6 +36,7 @@ def create_model(
         pretrained: download ImageNet weights the standard timm way (needs the network).
         weights: a weights file (.safetensors, torch state dict, or transferlab best.pt); its
             metadata (architecture variant, timm kwargs, pooling semantics, preprocessing) is honoured.
+            A `WeightsFile` that `read_weights` already returned is used as is (no second read).
         weights_dir: a folder searched for the .safetensors file whose metadata architecture fits.
         head: "study" (the study's head for this network) or "linear".
         input_size: (H, W) or one int, overriding the preprocessing input size (e.g. 224 for the
@@ -58,7 +59,9 @@ def create_model(
         raise TransferlabError("pass either weights (one file) or weights_dir (a folder), not both")
 
     source: WeightsFile | None = None
-    if weights is not None:
+    if isinstance(weights, WeightsFile):
+        source = weights
+    elif weights is not None:
         source = read_weights(weights)
     elif weights_dir is not None:
         source = read_weights(find_weights(weights_dir, entry.accepts(), name))

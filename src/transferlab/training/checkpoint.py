@@ -1,8 +1,7 @@
 """Checkpoints written atomically, and the state needed to resume a run exactly.
 
-Every file goes to a temporary sibling first and is moved into place with `os.replace`, which is
-atomic on POSIX and Windows: a crash or Ctrl-C leaves either the old file or the new one, never a
-truncated one.
+Every file is written with `transferlab.io.atomic_write` (temp sibling, then `os.replace`): a crash
+or Ctrl-C leaves either the old file or the new one, never a truncated one.
 
 `best.pt` holds what `transferlab.models.load_checkpoint_model` needs to rebuild the model
 (model_name, model_kwargs, num_classes, classes, state_dict, pretrained_cfg, config);
@@ -12,42 +11,15 @@ truncated one.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from transferlab.errors import TransferlabError
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file atomically: `write(fileobj)` into a temp sibling, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: the old file stays intact and no temp file is left behind.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (UTF-8)."""
-    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+from transferlab.io import atomic_write, atomic_write_text  # noqa: F401 - re-exported for callers
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:

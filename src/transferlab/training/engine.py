@@ -51,7 +51,7 @@ class Batches:
         transform: callable(x, seed=int) -> float tensor, e.g. a BatchTransform; None = identity.
         device: where batches are delivered.
         dist: rank and world size.
-        drop_last: drop a final partial batch.
+        drop_last: drop a final partial batch (benchmarks time full batches only).
         train: training batches: a final batch too small to give every rank 2 samples is dropped
             (BatchNorm cannot train on one sample, and an empty shard would make a NaN loss).
     """
@@ -65,11 +65,10 @@ class Batches:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.transform, self.device = transform, torch.device(device)
         self.dist = dist or DistContext()
-        self.drop_last, self.channels_last = drop_last, channels_last
+        self.channels_last = channels_last
         n = len(labels)
         remainder = n % batch_size
-        if train and remainder and remainder < 2 * self.dist.world_size:
-            drop_last = True
+        drop_last = drop_last or bool(train and remainder and remainder < 2 * self.dist.world_size)
         self.num_steps = n // batch_size if drop_last else math.ceil(n / batch_size)
         if self.num_steps == 0 and n > 0:
             self.num_steps = 1  # fewer samples than one batch: train on what there is
@@ -124,14 +123,21 @@ class Totals:
         return self.correct / max(self.count, 1)
 
 
+SYNC_EVERY = 20  # optimiser steps between reads of the running sums (each read syncs the device)
+
+
 def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, *,
                     label_smoothing: float = 0.0, precision: Precision | None = None,
                     scaler: torch.amp.GradScaler | None = None,
                     step_scheduler: Callable[[], None] | None = None, start_step: int = 0,
                     totals: Totals | None = None,
                     after_step: Callable[[int, Totals], None] | None = None,
+                    sync_every: int = SYNC_EVERY,
                     desc: str = "train", quiet: bool = False) -> Totals:
     """Train one epoch (or the rest of one, from `start_step`).
+
+    Loss and accuracy sums stay on the device and are read (one device sync, one all-reduce
+    under DDP) every `sync_every` steps and at the end of the epoch, not every step.
 
     Args:
         model: the module that maps batch inputs to logits (in train mode here).
@@ -143,7 +149,11 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         step_scheduler: called after every optimiser step (per-batch warm-up / cosine).
         start_step: first step to run (resuming mid-epoch).
         totals: running sums carried over from the interrupted part of the epoch.
-        after_step: called as after_step(steps_done, totals) after every step (checkpointing).
+        after_step: called as after_step(steps_done, totals) whenever the sums are read, i.e.
+            after every step that is a multiple of `sync_every` and after the last one
+            (checkpointing, interrupt polling): `totals` are then exact.
+        sync_every: steps between reads of the sums (counted from the epoch's start, so a
+            resumed epoch reads at the same steps).
         desc: progress bar label.
         quiet: no progress bar.
 
@@ -151,11 +161,17 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         The epoch's totals (global over ranks, seconds = this process's train time).
 
     Raises:
-        NonFiniteLossError: if the loss becomes NaN or infinite.
+        NonFiniteLossError: if the loss becomes NaN or infinite (seen at the next read: a NaN
+            stays NaN in a sum).
     """
     precision = precision or Precision(None, False)
     totals = Totals(**asdict(totals)) if totals else Totals()
     device = batches.device
+    sync_every = max(int(sync_every), 1)
+    # float64 keeps long sums exact; MPS has no float64.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    pending = torch.zeros(2, dtype=dtype, device=device)  # loss sum, top-1 hits since the last read
+    pending_count = 0
     model.train()
     bar = tqdm(total=len(batches), initial=start_step, desc=desc, leave=False, disable=quiet,
                unit="batch", dynamic_ncols=True)
@@ -178,20 +194,25 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
                 optimizer.step()
             if step_scheduler is not None:
                 step_scheduler()
-            stats = torch.stack([loss.detach().float() * len(y),
-                                 (logits.argmax(1) == y).sum().float(),
-                                 torch.tensor(float(len(y)), device=y.device)])
+            pending += torch.stack([loss.detach().to(dtype) * len(y),
+                                    (logits.detach().argmax(1) == y).sum().to(dtype)])
+            pending_count += len(y)
+            bar.update(1)
+            if (step + 1) % sync_every and step + 1 != len(batches):
+                continue
+            stats = torch.cat([pending, pending.new_tensor([float(pending_count)])])
             loss_sum, correct, count = all_reduce_sum(stats, batches.dist).tolist()
+            pending.zero_()
+            pending_count = 0
             totals.seconds += time.perf_counter() - tick
             if not math.isfinite(loss_sum):
                 raise NonFiniteLossError(
-                    f"{desc}: the training loss became {loss_sum / max(count, 1)} at step {step + 1}"
+                    f"{desc}: the training loss became {loss_sum / max(count, 1)} by step {step + 1}"
                 )
             totals.loss_sum += loss_sum
-            totals.correct += int(correct)
-            totals.count += int(count)
+            totals.correct += int(round(correct))
+            totals.count += int(round(count))
             if not quiet:
-                bar.update(1)
                 bar.set_postfix(loss=f"{totals.loss:.4f}", acc=f"{totals.acc1:.3f}",
                                 img_s=f"{totals.count / max(totals.seconds, 1e-9):.0f}")
             if after_step is not None:
@@ -315,7 +336,10 @@ class StagePlan:
     scheduler: Any = None  # object with step_batch(), step_epoch(metric), state_dict(), load_state_dict()
     precision: Precision = field(default_factory=lambda: Precision(None, False))
     scaler: torch.amp.GradScaler | None = None
-    dist: DistContext = field(default_factory=DistContext)
+    sync_every: int = SYNC_EVERY  # steps between reads of the running sums (and `on_step` calls)
+    # On a non-finite loss, load the stage's best weights back. It costs a CPU copy of the
+    # trained module at every improving epoch; training.run turns it off (it reloads best.pt).
+    nan_restores_best: bool = True
     quiet: bool = False
 
 
@@ -330,8 +354,8 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
         progress: where to resume from (None = from the start).
         on_epoch: called after each epoch with the metrics row and the progress (logging, best.pt,
             last.pt).
-        on_step: called after each step with the progress (periodic last.pt); also called with the
-            exact position when a KeyboardInterrupt arrives, before it propagates.
+        on_step: called with the progress every `plan.sync_every` steps and at the end of each
+            epoch (periodic last.pt, interrupt polling).
         log: where notes go (printed on rank 0 only).
 
     Returns:
@@ -345,6 +369,7 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
         log(f"[{plan.name}] no validation set (val_fraction=0): early stopping is disabled")
         early.config = EarlyStoppingConfig(**{**asdict(plan.early_stopping), "enabled": False})
     model = plan.model
+    keep_best = early.config.enabled and early.config.restore_best
 
     def after_step(steps_done: int, totals: Totals) -> None:
         progress.step, progress.totals = steps_done, totals
@@ -360,14 +385,18 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
                 precision=plan.precision, scaler=plan.scaler,
                 step_scheduler=plan.scheduler.step_batch if plan.scheduler else None,
                 start_step=progress.step, totals=progress.totals, after_step=after_step,
+                sync_every=plan.sync_every,
                 desc=f"{plan.name} {epoch + 1}/{plan.epochs}", quiet=plan.quiet,
             )
         except NonFiniteLossError as err:
-            log(f"[{plan.name}] stopping: {err}. The best checkpoint is kept; lower the learning "
-                "rate or check the data.")
             progress.stopped = "non_finite_loss"
+            note = "lower the learning rate or check the data"
             if progress.best_state is not None:
                 unwrap(model).load_state_dict(progress.best_state)
+                log(f"[{plan.name}] stopping: {err}; restored the weights of epoch "
+                    f"{early.best_epoch + 1} ({note})")
+            else:
+                log(f"[{plan.name}] stopping: {err}; no best weights of this stage to restore ({note})")
             break
         val = None
         if plan.val_batches is not None:
@@ -387,7 +416,8 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
         monitored = row[early.config.monitor] if val else None
         stop = False
         if monitored is not None:
-            if early.improved(monitored):
+            # A CPU copy of the whole trainable module is costly: keep one only if it may be used.
+            if early.improved(monitored) and (keep_best or plan.nan_restores_best):
                 progress.best_state = cpu_state_dict(model)
             stop = early.update(monitored, epoch)
         progress.epoch, progress.step, progress.totals = epoch + 1, 0, Totals()

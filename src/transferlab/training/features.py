@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +103,11 @@ def split_model(model: nn.Module, train: str) -> tuple[nn.Module, nn.Module] | N
     return PrefixModule(model, boundary), TailModule(model, boundary)
 
 
-def state_hash(module: nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers: the identity of the frozen weights."""
+def state_hash(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a module's parameters and buffers (or of a state dict): the frozen weights' identity."""
+    state = module.state_dict() if isinstance(module, nn.Module) else module
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         t = tensor.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())

@@ -86,7 +86,8 @@ class StageScheduler:
                 self.plateau_best, self.plateau_wait = metric, 0
             else:
                 self.plateau_wait += 1
-                if self.plateau_wait > self.stage.plateau_patience:
+                # Keras ReduceLROnPlateau decays once `patience` epochs in a row did not improve.
+                if self.plateau_wait >= self.stage.plateau_patience:
                     self.plateau_factor *= self.stage.gamma
                     self.plateau_wait = 0
         self._apply()

@@ -9,8 +9,10 @@ contract in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -34,11 +36,14 @@ from transferlab.config import (
     save_config,
 )
 from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write, atomic_write_text
+from transferlab.models import count_parameters
 from transferlab.training import checkpoint as ckpt
 from transferlab.training import distributed as dist_utils
 from transferlab.training import features as feats
 from transferlab.training.device import library_versions, select_device, select_precision
 from transferlab.training.engine import (
+    SYNC_EVERY,
     Batches,
     StagePlan,
     StageProgress,
@@ -142,11 +147,13 @@ class RunState:
 
 
 def _progress_to_dict(p: StageProgress) -> dict[str, Any]:
+    """StageProgress as plain data for last.pt."""
     return {"epoch": p.epoch, "step": p.step, "totals": asdict(p.totals), "early": p.early,
             "best_state": p.best_state, "stopped": p.stopped}
 
 
 def _progress_from_dict(d: dict[str, Any]) -> StageProgress:
+    """Inverse of `_progress_to_dict`."""
     return StageProgress(epoch=d["epoch"], step=d["step"], totals=Totals(**d["totals"]),
                          early=d["early"], best_state=d["best_state"], stopped=d["stopped"])
 
@@ -171,11 +178,13 @@ class _Run:
 
     # -- logging ---------------------------------------------------------------------------
     def log(self, message: str) -> None:
+        """Print on rank 0 only."""
         if self.ctx.is_main:
             print(message, flush=True)
 
     # -- setup -----------------------------------------------------------------------------
     def prepare_dir(self) -> Path:
+        """Name the run and check its directory is free (or resumable); create it on rank 0."""
         c = self.config
         if not c.run_name:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -197,6 +206,7 @@ class _Run:
         return run_dir
 
     def load_data(self) -> None:
+        """Load the dataset and the splits (the saved ones when resuming) as uint8 tensors."""
         from transferlab.data import SplitIndices, load_dataset, make_splits
 
         c = self.config
@@ -227,6 +237,7 @@ class _Run:
             self.indices["val"] = self.splits.val
 
     def build_model(self) -> None:
+        """Create the model and the train / eval transforms at the run's input size."""
         from transferlab.data.transforms import BatchTransform
         from transferlab.models import create_model
 
@@ -247,6 +258,10 @@ class _Run:
         size = tuple(pre.input_size if c.input_size else
                      getattr(self.model, "default_input_size", None) or pre.input_size)
         self.input_size = size
+        # From here on pretrained_cfg is the preprocessing this run uses (BatchTransform: the whole
+        # image resized to `size`, no crop), so best.pt, predict and evaluate all repeat it.
+        self.model.pretrained_cfg = dataclasses.replace(pre, input_size=size, crop_pct=1.0,
+                                                        crop_mode="squash")
         self.transform = BatchTransform(size, mean=pre.mean, std=pre.std,
                                         interpolation=pre.interpolation, augment=c.augment,
                                         native_size=self.dataset.image_size).to(self.device)
@@ -316,6 +331,9 @@ class _Run:
                 "indices": feats.indices_hash(self.indices[split]),
                 "input_size": list(self.input_size), "mean": list(pre.mean), "std": list(pre.std),
                 "interpolation": pre.interpolation,
+                # Options that change the features but not the weights (pooling, padding) and
+                # the precision they were computed in.
+                "model_kwargs": self.model_kwargs(), "precision": self.precision.name,
             })[:32]
             directory = feats.features_dir(root, key)
             loaded = load_arrays(directory) if self.ctx.is_main else None
@@ -347,6 +365,7 @@ class _Run:
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_best(self, state_dict: dict[str, torch.Tensor] | None, extra: dict[str, Any]) -> None:
+        """Write best.pt (rank 0) from `state_dict`, or the model's current weights when None."""
         if not self.ctx.is_main:
             return
         payload = ckpt.model_checkpoint(self.model, self.config, model_name=self.config.model,
@@ -356,6 +375,7 @@ class _Run:
 
     def save_last(self, state: RunState, optimizer: Any, scheduler: Any, scaler: Any,
                   started: float) -> None:
+        """Write last.pt (rank 0): everything an exact resume needs."""
         if not self.ctx.is_main:
             return
         payload = {
@@ -376,6 +396,7 @@ class _Run:
         ckpt.save_checkpoint(payload, self.run_dir / "last.pt")
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv and metrics.jsonl (rank 0) from all rows so far."""
         if not self.ctx.is_main:
             return
         buf = io.StringIO()
@@ -383,8 +404,8 @@ class _Run:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
-        ckpt.atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-        ckpt.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(_dumps(r) + "\n" for r in rows))
 
 
 
@@ -414,15 +435,11 @@ def _frozen_state_hash(model: nn.Module, tail: nn.Module) -> str:
     """Hash of the model's weights outside the trainable tail (the frozen prefix's identity)."""
     tail_ptrs = {t.data_ptr() for t in tail.state_dict().values()}
     frozen = {k: v for k, v in model.state_dict().items() if v.data_ptr() not in tail_ptrs}
-
-    class _Holder(nn.Module):
-        def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-            return frozen
-
-    return feats.state_hash(_Holder())
+    return feats.state_hash(frozen)
 
 
 def _apply_freeze(model: nn.Module, train: str) -> None:
+    """Freeze the model for a stage's `train` setting (head | all | from:<stage>)."""
     from transferlab.models import freeze
 
     if train == "head":
@@ -460,8 +477,7 @@ def train_run(config: TrainConfig, resume: bool = False) -> Path:
 
 
 def _train(run: _Run) -> Path:
-    from transferlab.models import count_parameters
-
+    """The steps of `train_run`: directory, data, model, resume state, stages, then `_finish`."""
     started = time.perf_counter()
     c = run.config
     run_dir = run.prepare_dir()
@@ -499,11 +515,12 @@ def _train(run: _Run) -> Path:
             _run_stage(run, stage, si, state, last, started)
             last = None  # optimiser/scheduler state only applies to the stage it was saved in
 
-    return _finish(run, state, started, count_parameters)
+    return _finish(run, state, started)
 
 
 def _run_stage(run: _Run, stage: StageConfig, si: int, state: RunState, last: dict[str, Any] | None,
                started: float) -> None:
+    """Train one stage (on cached features when it can), saving best.pt / last.pt as it goes."""
     c = run.config
     _apply_freeze(run.model, stage.train)
     batch_size = c.stage_batch_size(stage)
@@ -557,8 +574,6 @@ def _run_stage(run: _Run, stage: StageConfig, si: int, state: RunState, last: di
         if last["scaler"] is not None:
             scaler.load_state_dict(last["scaler"])
         ckpt.set_rng_state(last["rng"])
-    from transferlab.models import count_parameters
-
     total, n_trainable = count_parameters(run.model)
     info.update({"params_trainable": n_trainable, "params_total": total})
     state.stage_info[stage.name] = info
@@ -571,7 +586,11 @@ def _run_stage(run: _Run, stage: StageConfig, si: int, state: RunState, last: di
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
         epochs=stage.epochs, label_smoothing=stage.label_smoothing,
         early_stopping=stage.early_stopping, scheduler=scheduler, precision=run.precision,
-        scaler=scaler, dist=run.ctx, quiet=c.quiet or not run.ctx.is_main,
+        scaler=scaler, quiet=c.quiet or not run.ctx.is_main,
+        # Read the sums at every periodic checkpoint step too, so last.pt holds exact totals.
+        sync_every=math.gcd(SYNC_EVERY, c.checkpoint_every) if c.checkpoint_every else SYNC_EVERY,
+        # After a non-finite loss `_finish` reloads best.pt: no in-memory copy of the best needed.
+        nan_restores_best=False,
     )
 
     def on_step(progress: StageProgress) -> None:
@@ -598,8 +617,6 @@ def _run_stage(run: _Run, stage: StageConfig, si: int, state: RunState, last: di
         if value is None or state.best_value is None or value > state.best_value:
             state.best_value = value
             run.save_best(None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value})
-        elif progress.stopped == "early_stopping" and stage.early_stopping.restore_best:
-            pass  # the restored weights are the stage's best; best.pt already holds the run's best
         run.write_metrics(state.rows)
         run.save_last(state, optimizer, scheduler, scaler, started)
         if run.interrupt.poll(run.ctx, run.device):
@@ -619,13 +636,20 @@ def _run_stage(run: _Run, stage: StageConfig, si: int, state: RunState, last: di
     if progress.stopped == "non_finite_loss":
         state.stopped = f"stage {stage.name}: non-finite loss"
         run.save_last(state, optimizer, scheduler, scaler, started)
+        if (run.run_dir / "best.pt").is_file():
+            run.log("the run stops here; the test set is evaluated with best.pt")
+        else:
+            run.log("the run stops here; no epoch finished, so there is no best checkpoint and "
+                    "no test pass")
 
 
 def _mean(values: list[float]) -> float:
+    """Mean of a list, 0.0 when empty."""
     return float(np.mean(values)) if values else 0.0
 
 
 def _format_row(row: dict[str, Any]) -> str:
+    """One metrics row as a log line."""
     text = (f"[{row['stage']}] epoch {row['epoch']}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc1']:.4f}")
     if row["val_loss"] is not None:
@@ -633,27 +657,19 @@ def _format_row(row: dict[str, Any]) -> str:
     return text + f" | {row['epoch_time_s']:.2f} s, {row['images_per_s']:.0f} img/s"
 
 
-def _finish(run: _Run, state: RunState, started: float, count_parameters: Any) -> Path:
-    """Evaluate the best model on the test set, write predictions and summary.json (last)."""
+def _finish(run: _Run, state: RunState, started: float) -> Path:
+    """Evaluate the best model on the test set, write predictions and summary.json (last).
+
+    Without a best checkpoint (a non-finite loss in the very first epoch) there is no model to
+    test: the test metrics are null and no predictions are written.
+    """
     c = run.config
     best_path = run.run_dir / "best.pt"
     dist_utils.barrier(run.ctx)
+    result = None
     if best_path.is_file():
         run.model.load_state_dict(ckpt.load_checkpoint(best_path)["state_dict"])
-    cached = run.stage_features
-    single = dist_utils.DistContext()  # the test pass runs whole on every rank: logits in order
-    if cached is not None and all(s.train == cached[0] for s in c.stages):
-        # The frozen part never changed during the run, so its cached test features still apply.
-        _, module, batches = cached
-        test = batches("test", c.eval_batch(), False)
-    else:
-        module = run.model
-        x, y = run.data["test"]
-        test = Batches(x, y, c.eval_batch(), transform=run.eval_transform, device=run.device,
-                       channels_last=c.channels_last)
-    test.dist = single
-    result = evaluate(module, test, precision=run.precision, keep_logits=True, desc="test",
-                      quiet=c.quiet or not run.ctx.is_main)
+        result = _test_pass(run)
     total, trainable = count_parameters(run.model)
     rows = state.rows
     train_seconds = sum(r["epoch_time_s"] for r in rows)
@@ -664,12 +680,12 @@ def _finish(run: _Run, state: RunState, started: float, count_parameters: Any) -
         "pretrained": bool(c.pretrained),
         "dataset": c.dataset,
         "classes": list(run.dataset.classes),
-        "test_acc1": result.acc1,
-        "test_acc5": result.acc5,
-        "test_loss": result.loss,
+        "test_acc1": result.acc1 if result else None,
+        "test_acc5": result.acc5 if result else None,
+        "test_loss": result.loss if result else None,
         "epochs": {s.name: state.stage_info.get(s.name, {}).get("epochs", 0) for s in c.stages},
         "epoch_time_s": _mean([r["epoch_time_s"] for r in rows]),
-        "eval_time_s": result.seconds,
+        "eval_time_s": result.seconds if result else None,
         "val_time_s": _mean([r["eval_time_s"] for r in rows if r["val_loss"] is not None]),
         "images_per_s": train_images / train_seconds if train_seconds else 0.0,
         "wall_time_s": state.wall_time_s + time.perf_counter() - started,
@@ -686,18 +702,56 @@ def _finish(run: _Run, state: RunState, started: float, count_parameters: Any) -
         "versions": library_versions(),
     }
     if run.ctx.is_main:
-        labels = result.labels.numpy()
-        logits = result.logits.numpy().astype(np.float32)
-        path = run.run_dir / "predictions_test.npz"
-        ckpt.atomic_write(path, lambda f: np.savez(f, labels=labels, logits=logits,
-                                                   classes=np.array(run.dataset.classes)))
-        ckpt.atomic_write_text(run.run_dir / SUMMARY, json.dumps(summary, indent=2, default=_json) + "\n")
-        run.log(f"test acc1 {result.acc1:.4f} acc5 {result.acc5:.4f}; run directory {run.run_dir}")
+        if result is not None:
+            labels = result.labels.numpy()
+            logits = result.logits.numpy().astype(np.float32)
+            atomic_write(run.run_dir / "predictions_test.npz",
+                         lambda f: np.savez(f, labels=labels, logits=logits,
+                                            classes=np.array(run.dataset.classes)))
+        atomic_write_text(run.run_dir / SUMMARY, _dumps(summary, indent=2) + "\n")
+        if result is not None:
+            run.log(f"test acc1 {result.acc1:.4f} acc5 {result.acc5:.4f}; run directory {run.run_dir}")
+        else:
+            run.log(f"no best checkpoint, so no test pass (test metrics are null); run directory "
+                    f"{run.run_dir}")
     dist_utils.barrier(run.ctx)
     return run.run_dir
 
 
+def _test_pass(run: _Run) -> Any:
+    """Evaluate the loaded best weights on the whole test set (every rank, logits in order)."""
+    c = run.config
+    cached = run.stage_features
+    if cached is not None and all(s.train == cached[0] for s in c.stages):
+        # The frozen part never changed during the run, so its cached test features still apply.
+        _, module, batches = cached
+        test = batches("test", c.eval_batch(), False)
+    else:
+        module = run.model
+        test = run.image_batches("test", c.eval_batch())
+    test.dist = dist_utils.DistContext()  # the test pass runs whole on every rank: logits in order
+    return evaluate(module, test, precision=run.precision, keep_logits=True, desc="test",
+                    quiet=c.quiet or not run.ctx.is_main)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN / infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (allow_nan=False): non-finite numbers are written as null."""
+    return json.dumps(_finite(value), allow_nan=False, default=_json, **kwargs)
+
+
 def _json(value: Any) -> Any:
+    """json.dumps fallback for numpy scalars, tensors and anything else (as str)."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, torch.Tensor):

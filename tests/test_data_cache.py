@@ -1,0 +1,89 @@
+"""The decoded-data cache: directories appear whole, and concurrent writers (torchrun ranks) never crash."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from transferlab import io as tl_io
+from transferlab.data.cache import load_arrays, save_arrays
+
+
+def test_round_trip_and_permissions(tmp_path: Path) -> None:
+    old_umask = os.umask(0o022)
+    try:
+        save_arrays(tmp_path / "entry", {"x": np.arange(5)}, {"split": "train"})
+    finally:
+        os.umask(old_umask)
+    arrays, meta = load_arrays(tmp_path / "entry")
+    np.testing.assert_array_equal(arrays["x"], np.arange(5))
+    assert meta["split"] == "train"
+    assert (tmp_path / "entry").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+    assert os.listdir(tmp_path) == ["entry"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    bad = np.zeros(3, dtype=object)  # np.save without pickle refuses object arrays
+    with pytest.raises(ValueError):
+        save_arrays(tmp_path / "entry", {"a": np.ones(2), "b": bad}, {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_complete_entry_is_kept(tmp_path: Path) -> None:
+    save_arrays(tmp_path / "entry", {"x": np.zeros(2)}, {"who": "rank0"})
+    save_arrays(tmp_path / "entry", {"x": np.zeros(2)}, {"who": "rank1"})
+    assert load_arrays(tmp_path / "entry")[1]["who"] == "rank0"
+    assert os.listdir(tmp_path) == ["entry"]
+
+
+def test_an_incomplete_entry_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "entry").mkdir()
+    (tmp_path / "entry" / "x.npy").write_bytes(b"half")  # no meta.json: not complete
+    save_arrays(tmp_path / "entry", {"x": np.ones(2)}, {})
+    np.testing.assert_array_equal(load_arrays(tmp_path / "entry")[0]["x"], np.ones(2))
+    assert os.listdir(tmp_path) == ["entry"]
+
+
+def test_losing_the_rename_race_uses_the_winners_entry(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another rank renames its copy into place between our check and our rename."""
+    target = tmp_path / "entry"
+    real_replace = os.replace
+
+    def racing_replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target and not target.exists():
+            target.mkdir()
+            np.save(target / "x.npy", np.full(2, 7))
+            (target / "meta.json").write_text('{"format": 1, "who": "winner"}')
+        real_replace(src, dst)  # now fails: the target is a non-empty directory
+
+    monkeypatch.setattr(tl_io.os, "replace", racing_replace)
+    save_arrays(target, {"x": np.zeros(2)}, {"who": "loser"})
+    arrays, meta = load_arrays(target)
+    assert meta["who"] == "winner" and arrays["x"].tolist() == [7, 7]
+    assert os.listdir(tmp_path) == ["entry"]  # our temporary copy is gone
+
+
+def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    def write(rank: int) -> None:
+        try:
+            for _ in range(5):
+                save_arrays(tmp_path / "entry", {"x": np.arange(1000)}, {"rank": rank})
+        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(r,)) for r in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    np.testing.assert_array_equal(load_arrays(tmp_path / "entry")[0]["x"], np.arange(1000))
+    assert os.listdir(tmp_path) == ["entry"]
