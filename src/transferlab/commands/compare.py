@@ -1,0 +1,73 @@
+"""`transferlab compare --config FILE --out DIR`: several models on the same data, one report.
+
+Example (the README's main job, sized for a 2-core CPU)::
+
+    transferlab compare --config configs/quick.yaml --dataset folder:../shared/data/cifar10-jpeg.tar.gz \\
+        --weights-dir ../shared/weights --out runs/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from transferlab.compare import load_compare_config, run_compare
+
+# Flags shared by compare and sweep: they set the same TrainConfig field on every run.
+SHARED_FLAGS = (
+    ("dataset", str, "dataset spec for every model: cifar100, cifar10, folder:PATH, synthetic:..."),
+    ("data_root", str, "download/cache directory of the dataset"),
+    ("cache_dir", str, "cached-feature folder"),
+    ("weights_dir", str, "folder with pretrained weights files (e.g. ../shared/weights)"),
+    ("device", str, "auto | cpu | cuda | cuda:1 | mps"),
+    ("train_fraction", float, "share of the training images used"),
+)
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that override a field of every run, plus --set and --quiet."""
+    for name, kind, text in SHARED_FLAGS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            help=text)
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override applied to every run, e.g. stages.0.epochs=1")
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def shared_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields set by the shared flags (None = not given)."""
+    overrides = {name: getattr(args, name) for name, _, _ in SHARED_FLAGS}
+    overrides["quiet"] = args.quiet
+    return overrides
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the `compare` sub-command."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="train several models on the same data and write one comparison and report",
+        description="Train every model of a compare config on the same data and splits, then "
+        "write comparison.json/.csv, REPORT.md and report.html. Finished models are skipped on "
+        "a re-run and an interrupted one is resumed.",
+    )
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help="compare config (e.g. configs/quick.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="comparison folder")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="runs per model with seeds seed, seed+1, ... (mean and std reported)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="train only these models")
+    parser.add_argument("--no-report", action="store_true", help="skip REPORT.md and report.html")
+    add_shared_flags(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the comparison and print where it went."""
+    config = load_compare_config(args.config)
+    out = run_compare(config, args.out, seeds=args.seeds, overrides=shared_overrides(args),
+                      sets=args.sets, only=args.only, report=not args.no_report)
+    print(f"wrote {out / 'comparison.csv'}" + ("" if args.no_report else
+          f", {out / 'REPORT.md'} and {out / 'report.html'}"))
+    return 0

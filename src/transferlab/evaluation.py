@@ -1,0 +1,374 @@
+"""Evaluation of a finished run: top-k accuracy, confusion matrix, per-class accuracy, confusions.
+
+Everything here works on test predictions (labels and logits), so it is the same whether the
+predictions come from a run's `predictions_test.npz` (fast) or from re-running the best checkpoint.
+`evaluate_run` chooses between the two and `write_evaluation` writes the results next to the run:
+
+```
+RUN_DIR/evaluation/
+  evaluation.json              test_acc1, test_acc5, per-class accuracy, most-confused pairs
+  confusion_matrix.csv         rows = true class, columns = predicted class, with class names
+  confusion_matrix.png         row-normalised heatmap, class names on both axes
+  per_class_accuracy.csv
+  confused_pairs.csv
+  coarse_confusion_matrix.*    CIFAR-100 only: the same on the 20 superclasses
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.errors import TransferlabError
+
+PREDICTIONS_FILE = "predictions_test.npz"
+EVALUATION_DIR = "evaluation"
+
+# The 20 CIFAR-100 superclasses in label order, each with its 5 fine classes, as published on
+# https://www.cs.toronto.edu/~kriz/cifar.html (names as in the dataset's meta file).
+CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
+    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
+    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
+    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
+    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
+    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
+    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
+    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
+    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
+    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
+    "people": ("baby", "boy", "girl", "man", "woman"),
+    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
+    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """One off-diagonal cell of a confusion matrix: `count` images of `true` predicted as `predicted`."""
+
+    true: str
+    predicted: str
+    count: int
+    true_index: int
+    predicted_index: int
+    fraction_of_true: float  # count / number of test images of the true class
+
+
+@dataclass
+class Evaluation:
+    """The evaluation of one set of test predictions."""
+
+    classes: list[str]
+    test_acc1: float
+    test_acc5: float
+    confusion: np.ndarray  # int64 (k, k): rows true class, columns predicted class
+    per_class_acc: np.ndarray  # float64 (k,): recall of each class (NaN when it has no test image)
+    confused_pairs: list[ConfusedPair]
+    source: str  # where the predictions came from: the predictions file or the checkpoint
+    coarse_classes: list[str] = field(default_factory=list)
+    coarse_confusion: np.ndarray | None = None  # CIFAR-100 only: (20, 20)
+    coarse_confused_pairs: list[ConfusedPair] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (the full matrices go to CSV files)."""
+        out = {
+            "source": self.source,
+            "num_test_images": int(self.confusion.sum()),
+            "test_acc1": self.test_acc1,
+            "test_acc5": self.test_acc5,
+            "per_class_acc": {
+                name: (None if np.isnan(acc) else float(acc))
+                for name, acc in zip(self.classes, self.per_class_acc, strict=True)
+            },
+            "confused_pairs": [asdict(p) for p in self.confused_pairs],
+        }
+        if self.coarse_confusion is not None:
+            out["coarse_acc1"] = float(np.trace(self.coarse_confusion) / self.coarse_confusion.sum())
+            out["coarse_confused_pairs"] = [asdict(p) for p in self.coarse_confused_pairs]
+        return out
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    """Fraction of rows whose true label is among the k highest logits.
+
+    With fewer than k classes every prediction counts as correct, as in torchvision's references.
+    """
+    logits = np.asarray(logits)
+    labels = np.asarray(labels)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise TransferlabError(
+            f"logits of shape {logits.shape} do not match {labels.shape[0]} labels; "
+            "expected logits (N, classes) for N labels"
+        )
+    if len(labels) == 0:
+        raise TransferlabError("no test predictions to evaluate; the test split is empty")
+    k = min(k, logits.shape[1])
+    # argpartition is O(N k) instead of a full sort of every row.
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(axis=1).mean())
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs: rows are true classes, columns predicted classes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise TransferlabError(
+                f"{name} hold class indices outside 0..{num_classes - 1}; "
+                "check that the class list matches the predictions"
+            )
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """Recall of each class (diagonal over row sum); NaN for a class with no test image."""
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(confusion) / support, np.nan)
+
+
+def most_confused_pairs(
+    confusion: np.ndarray, classes: Sequence[str], n: int = 10, min_count: int = 1
+) -> list[ConfusedPair]:
+    """The `n` largest off-diagonal cells, largest first (ties: lower true, then predicted, index)."""
+    off = confusion.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    true_idx, pred_idx = np.nonzero(off >= min_count)
+    counts = off[true_idx, pred_idx]
+    order = np.lexsort((pred_idx, true_idx, -counts))[:n]
+    support = confusion.sum(axis=1)
+    return [
+        ConfusedPair(
+            true=classes[t],
+            predicted=classes[p],
+            count=int(off[t, p]),
+            true_index=int(t),
+            predicted_index=int(p),
+            fraction_of_true=float(off[t, p] / support[t]),
+        )
+        for t, p in zip(true_idx[order], pred_idx[order], strict=True)
+    ]
+
+
+def cifar100_coarse_map(classes: Sequence[str]) -> tuple[list[str], np.ndarray] | None:
+    """Superclass names and the fine -> coarse index map, if `classes` are CIFAR-100's fine classes."""
+    coarse_names = list(CIFAR100_SUPERCLASSES)
+    fine_to_coarse = {
+        fine: i for i, members in enumerate(CIFAR100_SUPERCLASSES.values()) for fine in members
+    }
+    if len(classes) != len(fine_to_coarse) or set(classes) != set(fine_to_coarse):
+        return None
+    return coarse_names, np.array([fine_to_coarse[c] for c in classes], dtype=np.int64)
+
+
+def coarse_confusion_matrix(confusion: np.ndarray, fine_to_coarse: np.ndarray) -> np.ndarray:
+    """Sum a fine confusion matrix into superclass blocks."""
+    k = int(fine_to_coarse.max()) + 1
+    onehot = np.zeros((len(fine_to_coarse), k), dtype=np.int64)
+    onehot[np.arange(len(fine_to_coarse)), fine_to_coarse] = 1
+    return onehot.T @ confusion @ onehot
+
+
+def evaluate_predictions(
+    labels: np.ndarray,
+    logits: np.ndarray,
+    classes: Sequence[str],
+    num_pairs: int = 20,
+    source: str = "predictions",
+) -> Evaluation:
+    """Evaluate test predictions: top-1/top-5, confusion matrix, per-class accuracy, confusions."""
+    logits = np.asarray(logits, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = [str(c) for c in classes]
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        raise TransferlabError(
+            f"logits have shape {logits.shape} but there are {len(classes)} classes; "
+            "the predictions and the class list must come from the same run"
+        )
+    cm = confusion_matrix(labels, logits.argmax(axis=1), len(classes))
+    result = Evaluation(
+        classes=classes,
+        test_acc1=topk_accuracy(logits, labels, 1),
+        test_acc5=topk_accuracy(logits, labels, 5),
+        confusion=cm,
+        per_class_acc=per_class_accuracy(cm),
+        confused_pairs=most_confused_pairs(cm, classes, num_pairs),
+        source=source,
+    )
+    coarse = cifar100_coarse_map(classes)
+    if coarse is not None:
+        coarse_names, fine_to_coarse = coarse
+        result.coarse_classes = coarse_names
+        result.coarse_confusion = coarse_confusion_matrix(cm, fine_to_coarse)
+        result.coarse_confused_pairs = most_confused_pairs(
+            result.coarse_confusion, coarse_names, num_pairs
+        )
+    return result
+
+
+def load_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels, logits and class names from `RUN_DIR/predictions_test.npz`."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    with np.load(path, allow_pickle=False) as npz:
+        missing = {"labels", "logits", "classes"} - set(npz.files)
+        if missing:
+            raise TransferlabError(
+                f"{path} lacks {sorted(missing)}; it should hold labels, logits and classes "
+                "(re-run `transferlab train` or delete the file to predict from best.pt)"
+            )
+        return npz["labels"], npz["logits"], [str(c) for c in npz["classes"]]
+
+
+def predict_from_checkpoint(
+    run_dir: Path, device: str | None = None, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rebuild the best model of a run from `best.pt` and predict the dataset's test split.
+
+    The dataset and input size come from the run's `config.yaml` and the normalisation from the
+    model's `pretrained_cfg`, as in training, so the predictions match those the run made.
+    """
+    import torch
+    import yaml
+
+    from transferlab.data import load_dataset
+    from transferlab.data.transforms import BatchTransform
+    from transferlab.models import load_checkpoint_model
+
+    run_dir = Path(run_dir)
+    checkpoint, config_file = run_dir / "best.pt", run_dir / "config.yaml"
+    if not checkpoint.is_file() or not config_file.is_file():
+        raise TransferlabError(
+            f"{run_dir} has neither {PREDICTIONS_FILE} nor best.pt with config.yaml; "
+            "point `transferlab evaluate` at a run directory written by `transferlab train`"
+        )
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_checkpoint_model(checkpoint, map_location=dev).eval().to(dev)
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    dataset = load_dataset(
+        config["dataset"],
+        data_root=config.get("data_root"),
+        image_size=config.get("image_size"),
+        labels=config.get("labels") or "fine",
+    )
+    pre = model.pretrained_cfg
+    size = config.get("input_size")
+    input_size = (size, size) if size else tuple(
+        getattr(model, "default_input_size", None) or pre.input_size
+    )
+    transform = BatchTransform(
+        input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
+        augment="none", native_size=dataset.image_size,
+    ).to(dev).eval()
+    test = dataset["test"]
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(test.labels), batch_size):
+            images = torch.from_numpy(test.images[start : start + batch_size]).to(dev)
+            chunks.append(model(transform(images)).float().cpu().numpy())
+    return test.labels, np.concatenate(chunks), list(dataset.classes)
+
+
+def evaluate_run(run_dir: Path, device: str | None = None, num_pairs: int = 20) -> Evaluation:
+    """Evaluate a run directory from its saved test predictions, else from its best checkpoint."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TransferlabError(f"run directory {run_dir} does not exist; check the path")
+    if (run_dir / PREDICTIONS_FILE).is_file():
+        labels, logits, classes = load_predictions(run_dir)
+        source = PREDICTIONS_FILE
+    else:
+        labels, logits, classes = predict_from_checkpoint(run_dir, device=device)
+        source = "best.pt"
+    return evaluate_predictions(labels, logits, classes, num_pairs=num_pairs, source=source)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv_text(rows: Sequence[Sequence[object]]) -> str:
+    """Rows as CSV text."""
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _matrix_csv(confusion: np.ndarray, classes: Sequence[str]) -> str:
+    """A confusion matrix as CSV: header of predicted classes, one row per true class."""
+    rows: list[list[object]] = [["true\\predicted", *classes]]
+    rows += [[name, *map(int, row)] for name, row in zip(classes, confusion, strict=True)]
+    return _csv_text(rows)
+
+
+def _pairs_csv(pairs: Sequence[ConfusedPair]) -> str:
+    """Most-confused pairs as CSV."""
+    rows: list[list[object]] = [["true", "predicted", "count", "fraction_of_true"]]
+    rows += [[p.true, p.predicted, p.count, f"{p.fraction_of_true:.4f}"] for p in pairs]
+    return _csv_text(rows)
+
+
+def write_evaluation(result: Evaluation, out_dir: Path, title: str = "", figures: bool = True) -> Path:
+    """Write the evaluation's JSON, CSV files and (optionally) confusion-matrix heatmaps."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(out_dir / "evaluation.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    _atomic_write_text(out_dir / "confusion_matrix.csv", _matrix_csv(result.confusion, result.classes))
+    per_class = [["class", "accuracy", "test_images"]] + [
+        [name, "" if np.isnan(acc) else f"{acc:.4f}", int(n)]
+        for name, acc, n in zip(
+            result.classes, result.per_class_acc, result.confusion.sum(axis=1), strict=True
+        )
+    ]
+    _atomic_write_text(out_dir / "per_class_accuracy.csv", _csv_text(per_class))
+    _atomic_write_text(out_dir / "confused_pairs.csv", _pairs_csv(result.confused_pairs))
+    if result.coarse_confusion is not None:
+        _atomic_write_text(
+            out_dir / "coarse_confusion_matrix.csv",
+            _matrix_csv(result.coarse_confusion, result.coarse_classes),
+        )
+        _atomic_write_text(
+            out_dir / "coarse_confused_pairs.csv", _pairs_csv(result.coarse_confused_pairs)
+        )
+    if figures:
+        # Imported here so that the numeric part of evaluation never needs matplotlib.
+        from transferlab.report.figures import plot_confusion_matrix
+
+        plot_confusion_matrix(
+            result.confusion, result.classes, out_dir / "confusion_matrix.png", title=title
+        )
+        if result.coarse_confusion is not None:
+            plot_confusion_matrix(
+                result.coarse_confusion,
+                result.coarse_classes,
+                out_dir / "coarse_confusion_matrix.png",
+                title=f"{title} (20 superclasses)".strip(),
+            )
+    return out_dir

@@ -1,0 +1,163 @@
+"""Report figures drawn with matplotlib's Agg backend (no display needed), saved atomically as PNG."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """Save a figure as PNG through a temporary file and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(
+    confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = ""
+) -> Path:
+    """Row-normalised confusion heatmap with every class name on both axes.
+
+    The figure grows with the number of classes (about 0.17 inch per class) and the tick labels
+    shrink to stay legible at 100 classes; rows are normalised so that rare and common classes
+    share one colour scale (the raw counts are in the CSV).
+    """
+    k = len(classes)
+    support = confusion.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(support > 0, confusion / np.maximum(support, 1), 0.0)
+    side = max(5.0, 0.17 * k + 2.5)
+    fontsize = 9 if k <= 20 else max(5, int(9 - k / 25))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(normalised, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(k), labels=classes, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), labels=classes, fontsize=fontsize)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:  # counts in the cells stay readable only for small matrices
+        for t in range(k):
+            for p in range(k):
+                if confusion[t, p]:
+                    colour = "black" if normalised[t, p] > 0.6 else "white"
+                    ax.text(p, t, str(int(confusion[t, p])), ha="center", va="center",
+                            fontsize=fontsize - 1, color=colour)
+    accuracy = np.trace(confusion) / max(confusion.sum(), 1)
+    ax.set_title(f"{title}  (top-1 {100 * accuracy:.1f}%)".strip())
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
+    return save_figure(fig, path, dpi=130 if k > 20 else 110)
+
+
+def _stage_positions(rows: Sequence[Mapping[str, object]]) -> tuple[list[int], list[tuple[int, str]]]:
+    """Global epoch numbers (1, 2, ... across stages) and where each stage starts."""
+    x: list[int] = []
+    starts: list[tuple[int, str]] = []
+    previous = None
+    for i, row in enumerate(rows, start=1):
+        stage = str(row.get("stage", ""))
+        if stage != previous:
+            starts.append((i, stage))
+            previous = stage
+        x.append(i)
+    return x, starts
+
+
+def _column(rows: Sequence[Mapping[str, object]], key: str) -> list[float]:
+    """One metric as floats, NaN where missing."""
+    out = []
+    for row in rows:
+        value = row.get(key)
+        try:
+            out.append(float(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return out
+
+
+def plot_learning_curves(
+    rows: Sequence[Mapping[str, object]], path: Path, title: str = ""
+) -> Path:
+    """Loss and accuracy per epoch for train and validation, with stage boundaries marked."""
+    x, starts = _stage_positions(rows)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc1", "top-1 accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = _column(rows, f"{split}_{metric}")
+            if not all(math.isnan(v) for v in values):
+                ax.plot(x, values, style, markersize=3, label=split)
+        for start, stage in starts:
+            if start > 1:
+                ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=1)
+            # Stage names sit just above the plot, at the stage's first epoch.
+            ax.text(start - 0.4, 1.01, stage, transform=ax.get_xaxis_transform(),
+                    va="bottom", ha="left", fontsize=8, color="grey")
+        ax.set_xlim(0.5, len(x) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        finite = [v for v in _column(rows, f"train_{metric}") + _column(rows, f"val_{metric}")
+                  if math.isfinite(v) and v > 0]
+        if metric == "loss" and finite and max(finite) / min(finite) > 50:
+            ax.set_yscale("log")  # a diverging or from-scratch start would flatten the rest
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One model on the accuracy against time plot."""
+
+    label: str
+    epoch_time_s: float
+    accuracy: float  # fraction
+    group: str = "this run"  # points of one group share a marker (e.g. "2018 study")
+
+
+def plot_accuracy_vs_time(points: Sequence[TimePoint], path: Path, title: str = "") -> Path:
+    """Test accuracy against mean training time per epoch, one marker per group."""
+    markers = ["o", "^", "s", "D", "v"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    groups = list(dict.fromkeys(p.group for p in points))
+    for marker, group in zip(markers * 4, groups, strict=False):
+        pts = [p for p in points if p.group == group]
+        ax.scatter([p.epoch_time_s for p in pts], [100 * p.accuracy for p in pts],
+                   marker=marker, s=50, label=group)
+        for p in pts:
+            ax.annotate(p.label, (p.epoch_time_s, 100 * p.accuracy), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8)
+    times = [p.epoch_time_s for p in points if p.epoch_time_s > 0]
+    if times and max(times) / min(times) > 20:
+        ax.set_xscale("log")  # CPU and GPU times differ by orders of magnitude
+    ax.set_xlabel("mean training time per epoch (s)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
