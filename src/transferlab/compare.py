@@ -182,10 +182,6 @@ def plan_runs(
     planned = []
     for entry in select_entries(config, only):
         data = deep_merge(entry.config, {k: v for k, v in (overrides or {}).items() if v is not None})
-        if not data.get("pretrained"):
-            # --weights-dir is for the pretrained models; the models layer would otherwise look
-            # for (and fail to find) weights of a from-scratch network in that folder.
-            data["weights_dir"] = None
         try:
             # Normalise through the dataclasses first so `sets` can address default fields.
             data = config_to_dict(config_from_dict(data))

@@ -2,9 +2,9 @@
 
 The 2018 study's optimiser tables, one command each::
 
-    transferlab sweep --config configs/study.yaml --entry inception_v3 --out sweeps/head \\
+    transferlab sweep --config configs/study.yaml --entry inception_v3_transfer --out sweeps/head \\
         --grid stages.0.optimizer=rmsprop,sgd,adam --grid stages.0.lr=1e-2,1e-3,1e-4
-    transferlab sweep --config configs/study.yaml --entry inception_v3 --out sweeps/finetune \\
+    transferlab sweep --config configs/study.yaml --entry inception_v3_transfer --out sweeps/finetune \\
         --grid stages.1.optimizer=rmsprop,sgd,adam --grid stages.1.lr=1e-3,1e-4,1e-5
 """
 

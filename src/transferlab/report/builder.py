@@ -105,7 +105,7 @@ def _reference_section(doc: Document) -> None:
         Heading("Published results"),
         Table(["model", "test top-1", "s/epoch"],
               [[r.label, fmt_pct(r.test_acc1), fmt_seconds(r.epoch_time_s)] for r in STUDY_2018],
-              caption=f"The 2018 study: {STUDY_2018_SOURCE}."),
+              caption=f"Results of {STUDY_2018_SOURCE}."),
         Table(["model", "CIFAR-100 top-1", "source"],
               [[r.label, fmt_pct(r.test_acc1), PUBLISHED_CIFAR100_SOURCES[src]]
                for src, r in PUBLISHED_CIFAR100],

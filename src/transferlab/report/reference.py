@@ -23,8 +23,8 @@ class ReferenceResult:
 # 50% of the training data, no augmentation). Its report is a hand-written document around three
 # training runs; the numbers below are its comparison table.
 STUDY_2018_SOURCE = (
-    "The 2018 study rerun by transferlab: Keras, one NVIDIA K80 GPU, CIFAR-100, "
-    "50% of the training data, 224 px inputs, no augmentation"
+    "the 2018 transfer-learning study (Keras on one NVIDIA K80 GPU, CIFAR-100, "
+    "50% of the training data, 224 px inputs, no augmentation)"
 )
 STUDY_2018: tuple[ReferenceResult, ...] = (
     ReferenceResult("benchmark_cnn", "Benchmark CNN (17,044 parameters)", 0.153, 40.0),

@@ -247,7 +247,9 @@ class _Run:
         np.random.seed(c.seed % 2**32)
         self.model = create_model(c.model, num_classes=len(self.dataset.classes),
                                   pretrained=c.pretrained, weights=c.weights,
-                                  weights_dir=c.weights_dir, head=c.head,
+                                  # A weights folder is searched only for pretrained models:
+                                  # a from-scratch network has no file in it.
+                                  weights_dir=c.weights_dir if c.pretrained else None, head=c.head,
                                   input_size=c.input_size, **c.model_kwargs)
         self.model.to(self.device)
         if c.channels_last:
