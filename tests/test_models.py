@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -109,6 +110,19 @@ def test_benchmark_cnn_has_the_studys_17044_parameters():
     assert all(c.kernel_size == (2, 2) for c in convs)
     # 'same' padding: each block only halves the resolution (through its MaxPool).
     assert model.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 64, 4, 4)
+
+
+def test_benchmark_cnn_computes_the_figures_conv_relu_maxpool_order():
+    """Pooling before the ReLU (for speed) must give exactly the study's Conv, ReLU, MaxPool."""
+    torch.manual_seed(0)
+    model = create_model("benchmark_cnn", num_classes=100).eval()
+    x = torch.randn(4, 3, 32, 32)
+    reference = x
+    for block in model.feature_stages():
+        conv = next(m for m in block[1].modules() if isinstance(m, nn.Conv2d))
+        reference = F.max_pool2d(F.relu(conv(F.pad(reference, (0, 1, 0, 1)))), 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), reference.detach(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("width_mult", [1.0, 0.5])

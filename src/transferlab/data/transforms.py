@@ -31,15 +31,17 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     """Reflect-pad a (B, C, H, W) batch by `pad` and cut each image at its own random offset."""
-    b, _, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    b, c, h, w = x.shape
+    # Contiguous NCHW makes the padded batch a plain (B, C, Hp * Wp) view for one gather: several
+    # times faster than advanced indexing with broadcast row/column indices.
+    xp = F.pad(x.contiguous(), (pad, pad, pad, pad), mode="reflect")
+    wp = w + 2 * pad
     top = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(x.device)
     left = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(x.device)
-    rows = (top[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-    return xp[batch, chan, rows, cols]
+    rows = top[:, None] + torch.arange(h, device=x.device)
+    cols = left[:, None] + torch.arange(w, device=x.device)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w)
+    return torch.gather(xp.reshape(b, c, -1), 2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def random_affine(

@@ -19,11 +19,14 @@ FILTERS = (16, 32, 64)  # output channels of the three blocks
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     # Keras 'same' padding for a 2x2 kernel: 0 pixels before, 1 after (left/right, top/bottom).
+    # The figure's order is Conv, ReLU, MaxPool; ReLU is monotonic, so max-pooling first computes
+    # exactly the same function while the ReLU (and its backward pass, the slowest op of this
+    # network on a CPU) touches a quarter of the values.
     return nn.Sequential(
         nn.ZeroPad2d((0, 1, 0, 1)),
         nn.Conv2d(in_channels, out_channels, kernel_size=2),
-        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=True),
     )
 
 
