@@ -227,13 +227,13 @@ def run_compare(
     Returns:
         The comparison folder.
     """
-    from transferlab.evaluation import _atomic_write_text
+    from transferlab.io import atomic_write_text
 
     out_dir = Path(out_dir)
     planned = plan_runs(config, out_dir, seeds, overrides, sets, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.source:
-        _atomic_write_text(out_dir / "compare.yaml", config.source)
+        atomic_write_text(out_dir / "compare.yaml", config.source)
     for i, run in enumerate(planned, start=1):
         if run.finished:
             log(f"[{i}/{len(planned)}] {run.run_dir.name}: finished earlier, skipped")
@@ -260,7 +260,7 @@ def run_compare(
 
 def write_comparison(out_dir: Path, config: CompareConfig, run_dirs: Sequence[Path]) -> list[dict]:
     """Write `comparison.json` and `comparison.csv`: one row per model (mean and std over seeds)."""
-    from transferlab.evaluation import _atomic_write_text
+    from transferlab.io import atomic_write_text
     from transferlab.report.runs import load_run, summarise_groups
     from transferlab.report.tables import comparison_records
 
@@ -268,12 +268,12 @@ def write_comparison(out_dir: Path, config: CompareConfig, run_dirs: Sequence[Pa
     labels = {e.name: e.label for e in config.entries}
     records = comparison_records(groups, labels)
     payload = {"title": config.title, "models": records}
-    _atomic_write_text(Path(out_dir) / "comparison.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / "comparison.json", json.dumps(payload, indent=2) + "\n")
     buffer = io.StringIO()
     flat = [{k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in r.items()}
             for r in records]
     writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(flat)
-    _atomic_write_text(Path(out_dir) / "comparison.csv", buffer.getvalue())
+    atomic_write_text(Path(out_dir) / "comparison.csv", buffer.getvalue())
     return records

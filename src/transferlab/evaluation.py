@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write_text
 
 PREDICTIONS_FILE = "predictions_test.npz"
 EVALUATION_DIR = "evaluation"
@@ -300,18 +299,6 @@ def evaluate_run(run_dir: Path, device: str | None = None, num_pairs: int = 20) 
     return evaluate_predictions(labels, logits, classes, num_pairs=num_pairs, source=source)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(rows: Sequence[Sequence[object]]) -> str:
     """Rows as CSV text."""
     import io
@@ -339,22 +326,22 @@ def write_evaluation(result: Evaluation, out_dir: Path, title: str = "", figures
     """Write the evaluation's JSON, CSV files and (optionally) confusion-matrix heatmaps."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out_dir / "evaluation.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    _atomic_write_text(out_dir / "confusion_matrix.csv", _matrix_csv(result.confusion, result.classes))
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / "confusion_matrix.csv", _matrix_csv(result.confusion, result.classes))
     per_class = [["class", "accuracy", "test_images"]] + [
         [name, "" if np.isnan(acc) else f"{acc:.4f}", int(n)]
         for name, acc, n in zip(
             result.classes, result.per_class_acc, result.confusion.sum(axis=1), strict=True
         )
     ]
-    _atomic_write_text(out_dir / "per_class_accuracy.csv", _csv_text(per_class))
-    _atomic_write_text(out_dir / "confused_pairs.csv", _pairs_csv(result.confused_pairs))
+    atomic_write_text(out_dir / "per_class_accuracy.csv", _csv_text(per_class))
+    atomic_write_text(out_dir / "confused_pairs.csv", _pairs_csv(result.confused_pairs))
     if result.coarse_confusion is not None:
-        _atomic_write_text(
+        atomic_write_text(
             out_dir / "coarse_confusion_matrix.csv",
             _matrix_csv(result.coarse_confusion, result.coarse_classes),
         )
-        _atomic_write_text(
+        atomic_write_text(
             out_dir / "coarse_confused_pairs.csv", _pairs_csv(result.coarse_confused_pairs)
         )
     if figures:

@@ -207,7 +207,7 @@ def run_sweep(
 def write_sweep(out_dir: Path, grid: Mapping[str, Sequence[Any]], rows: Sequence[SweepRow],
                 base: dict[str, Any] | None = None) -> None:
     """Write `sweep.json` and `sweep.csv` atomically."""
-    from transferlab.evaluation import _atomic_write_text
+    from transferlab.io import atomic_write_text
 
     table = [r.as_dict() for r in rows]
     payload = {
@@ -216,13 +216,13 @@ def write_sweep(out_dir: Path, grid: Mapping[str, Sequence[Any]], rows: Sequence
         "rows": table,
         "base_config": base,
     }
-    _atomic_write_text(Path(out_dir) / SWEEP_FILE, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(Path(out_dir) / SWEEP_FILE, json.dumps(payload, indent=2) + "\n")
     buffer = io.StringIO()
     if table:
         writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(table)
-    _atomic_write_text(Path(out_dir) / "sweep.csv", buffer.getvalue())
+    atomic_write_text(Path(out_dir) / "sweep.csv", buffer.getvalue())
 
 
 def load_sweep(path: Path) -> dict[str, Any]:

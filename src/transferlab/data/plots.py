@@ -18,15 +18,15 @@ import torch
 
 from transferlab.data.dataset import ImageDataset
 from transferlab.data.transforms import BatchTransform
+from transferlab.io import atomic_write
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     """Save atomically so an interrupted run never leaves a truncated PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -25,9 +23,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write
 from transferlab.models.base import PreprocessConfig, TransferModel
 from transferlab.models.heads import final_linear_name
 
@@ -339,12 +338,5 @@ def save_weights(model: TransferModel, path: str | Path) -> Path:
         metadata["classes"] = json.dumps(list(model.classes))
     # safetensors refuses shared or non-contiguous storage: store independent contiguous copies.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(save(tensors, metadata=metadata)))
     return path

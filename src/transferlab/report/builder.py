@@ -13,7 +13,8 @@ import numpy as np
 import yaml
 
 from transferlab.errors import TransferlabError
-from transferlab.evaluation import _atomic_write_text, evaluate_run
+from transferlab.evaluation import evaluate_run
+from transferlab.io import atomic_write_text
 from transferlab.report import figures
 from transferlab.report.document import (
     Bullets,
@@ -331,6 +332,6 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = build_document(run_dirs, out_dir, title, description, labels, data_figures)
     markdown, html = out_dir / "REPORT.md", out_dir / "report.html"
-    _atomic_write_text(markdown, to_markdown(doc, out_dir))
-    _atomic_write_text(html, to_html(doc))
+    atomic_write_text(markdown, to_markdown(doc, out_dir))
+    atomic_write_text(html, to_html(doc))
     return ReportPaths(markdown=markdown, html=html, figures=out_dir / "figures")

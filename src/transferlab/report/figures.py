@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +16,14 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from transferlab.io import atomic_write  # noqa: E402
+
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
     """Save a figure as PNG through a temporary file and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
     return path
@@ -143,13 +136,16 @@ def plot_accuracy_vs_time(points: Sequence[TimePoint], path: Path, title: str = 
     markers = ["o", "^", "s", "D", "v"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     groups = list(dict.fromkeys(p.group for p in points))
-    for marker, group in zip(markers * 4, groups, strict=False):
+    for index, (marker, group) in enumerate(zip(markers * 4, groups, strict=False)):
         pts = [p for p in points if p.group == group]
         ax.scatter([p.epoch_time_s for p in pts], [100 * p.accuracy for p in pts],
                    marker=marker, s=50, label=group)
-        for p in pts:
+        # The first group's labels go above their markers, the others' below, staggered in
+        # height, so that neighbouring points (the 2018 models sit close) keep readable labels.
+        for k, p in enumerate(sorted(pts, key=lambda q: q.epoch_time_s)):
+            dy = 4 if index == 0 else -12 - 10 * (k % 2)
             ax.annotate(p.label, (p.epoch_time_s, 100 * p.accuracy), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+                        xytext=(5, dy), fontsize=8)
     times = [p.epoch_time_s for p in points if p.epoch_time_s > 0]
     if times and max(times) / min(times) > 20:
         ax.set_xscale("log")  # CPU and GPU times differ by orders of magnitude
