@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from transferlab.compare import TrainFn, default_train_fn
 from transferlab.errors import TransferlabError
 from transferlab.report.runs import load_run, read_metrics
 
@@ -157,18 +158,6 @@ def point_config(base: Any, params: Mapping[str, Any], out_dir: Path, run_name: 
     data["out_dir"] = str(out_dir)
     data["run_name"] = run_name
     return config_from_dict(data)
-
-
-TrainFn = Callable[[Any], Path]
-
-
-def default_train_fn(config: Any) -> Path:
-    """Train a config, resuming its run directory when an interrupted one exists."""
-    from transferlab.training import train_run
-
-    run_dir = Path(config.out_dir) / config.run_name
-    # A run directory without summary.json is an interrupted run: continue it from last.pt.
-    return Path(train_run(config, resume=run_dir.exists()))
 
 
 def run_sweep(
