@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -18,6 +20,16 @@ def require_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the offline material in ../shared is not present)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: the suite's models are tiny, and two threads on a shared 2-core
+    machine oversubscribe and run up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

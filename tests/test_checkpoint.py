@@ -19,14 +19,6 @@ from transferlab.training.checkpoint import atomic_write, load_checkpoint, save_
 DATA = "synthetic:classes=4,train=64,test=24,size=8"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models run fastest on one thread (two threads on shared cores thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def config(tmp_path: Path, name: str, **overrides: Any) -> Any:
     """Two stages, dropout in the head and augmentation: every RNG a resume has to restore."""

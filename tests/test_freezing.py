@@ -10,15 +10,6 @@ from transferlab.errors import TransferlabError
 from transferlab.models import count_parameters, create_model, freeze
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model():
     torch.manual_seed(0)
     return create_model("mobilenet_v2_paper", num_classes=5, width_mult=0.35, cifar_stem=True)

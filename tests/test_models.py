@@ -24,14 +24,6 @@ SMALL_INPUT = {"inception_v3": 75}
 NUM_CLASSES = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _input(name: str, batch: int = 2) -> torch.Tensor:
     size = SMALL_INPUT.get(name, 64)

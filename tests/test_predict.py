@@ -19,14 +19,6 @@ from transferlab.predict import eval_transform, load_predict_model, predict_imag
 CLASSES = ["apple", "bee", "cat", "dog"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _checkpoint(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     """A best.pt laid out as the training layer writes it (plus an unrelated config key)."""

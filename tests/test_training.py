@@ -23,14 +23,6 @@ from transferlab.training.optim import StageScheduler, build_optimizer
 DATA = "synthetic:classes=4,train=64,test=24,size=8"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models run fastest on one thread (two threads on shared cores thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(tmp_path: Path, **overrides: Any) -> Any:
     """A config that trains benchmark_cnn on a tiny synthetic set in about a second."""

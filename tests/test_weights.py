@@ -27,15 +27,6 @@ from transferlab.models.timm_backbones import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads oversubscribe and run 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _small_mobilenet(num_classes: int = 6):
     torch.manual_seed(0)
     return create_model(
