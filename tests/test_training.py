@@ -417,7 +417,7 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_study_inception_recipe_freezes_the_top_two_blocks() -> None:
     from transferlab.config import load_config
-    from transferlab.training.run import _apply_freeze
+    from transferlab.training.stage_loop import apply_freeze as _apply_freeze
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "study_inception_v3.yaml")
     model = create_model("inception_v3", num_classes=100, head="study")

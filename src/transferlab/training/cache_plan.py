@@ -1,0 +1,113 @@
+"""The cache plan of a stage: whether it trains on cached features, and getting those features.
+
+A stage that trains only a tail of the model (`train: head` or `from:<stage>`) without
+augmentation can run its frozen prefix once over every split and train the tail on the stored
+outputs. `cache_plan` decides; `cached_features` loads them from the on-disk cache or extracts them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferlab.config import StageConfig
+from transferlab.errors import TransferlabError
+from transferlab.training import distributed as dist_utils
+from transferlab.training import features as feats
+from transferlab.training.context import RunContext
+
+
+def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Module] | None:
+    """(prefix, tail) when this stage trains on cached features, else None."""
+    c = run.config
+    if stage.cache_features == "false" or stage.train == "all":
+        if stage.cache_features == "true" and stage.train == "all":
+            raise TransferlabError(f"stage {stage.name}: cache_features=true needs a frozen part "
+                                   "(train: head or from:<stage>)")
+        return None
+    if c.augment != "none":
+        if stage.cache_features == "true":
+            raise TransferlabError(f"stage {stage.name}: cache_features=true but augment={c.augment} "
+                                   "changes the frozen part's inputs every epoch; set augment none")
+        return None
+    parts = feats.split_model(run.model, stage.train)
+    if parts is None:
+        return None
+    prefix, _ = parts
+    if stage.train.startswith("from:"):
+        sample = next(iter(run.image_batches("train", 1)))[0]
+        total = sum(len(v[1]) for v in run.data.values())
+        need = feats.activation_bytes(prefix, sample, total)
+        budget = c.cache_memory_gb * 2**30
+        if need > budget:
+            msg = (f"stage {stage.name}: cached activations need {need / 2**30:.1f} GiB, over "
+                   f"cache_memory_gb={c.cache_memory_gb}")
+            if stage.cache_features == "true":
+                raise TransferlabError(msg + "; raise cache_memory_gb or set cache_features auto")
+            run.log(msg + ": training through the frozen part instead")
+            return None
+    return parts
+
+
+def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
+                    tail: nn.Module) -> dict[str, Any]:
+    """Features of every split for this stage's frozen prefix, from disk or freshly extracted."""
+    from transferlab.data.cache import data_root, load_arrays, save_arrays, stable_hash
+
+    c = run.config
+    frozen = _frozen_state_hash(run.model, tail)
+    pre = run.model.pretrained_cfg
+    info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0}
+    root = Path(c.cache_dir) if c.cache_dir else data_root(c.data_root)
+    out: dict[str, torch.Tensor] = {}
+    for split in run.data:
+        key = stable_hash({
+            "kind": "features", "version": 1, "model": c.model, "frozen": frozen,
+            "boundary": stage.train, "data": run.dataset.fingerprint, "split": split,
+            "indices": feats.indices_hash(run.indices[split]),
+            "input_size": list(run.input_size), "mean": list(pre.mean), "std": list(pre.std),
+            "interpolation": pre.interpolation,
+            # Options that change the features but not the weights (pooling, padding) and
+            # the precision they were computed in.
+            "model_kwargs": run.model_kwargs(), "precision": run.precision.name,
+        })[:32]
+        directory = feats.features_dir(root, key)
+        loaded = load_arrays(directory) if run.ctx.is_main else None
+        if run.ctx.is_main and loaded is None:
+            batches = run.image_batches(split, c.eval_batch())  # rank 0 extracts everything
+            values, seconds, backend = feats.extract(
+                prefix, batches, backend=c.extract_backend, num_images=len(run.data[split][1]),
+                precision=run.precision, desc=f"extract {split}", quiet=c.quiet, log=run.log)
+            n = len(values)
+            run.log(f"extracted {split} features {tuple(values.shape)} in {seconds:.1f} s "
+                    f"({n / max(seconds, 1e-9):.0f} img/s, {backend})")
+            save_arrays(directory, {"features": values.numpy()},
+                        {"split": split, "shape": list(values.shape)})
+            info["backend"] = backend
+            info["extract_time_s"] += seconds
+            info["extracted_images"] += n
+        dist_utils.barrier(run.ctx)
+        if not run.ctx.is_main or loaded is None:
+            loaded = load_arrays(directory)
+        if loaded is None:
+            raise TransferlabError(f"feature cache {directory} could not be read; delete it and rerun")
+        values = torch.from_numpy(loaded[0]["features"])
+        home = run.device if run.device.type == "cuda" else torch.device("cpu")
+        out[split] = values.to(home)
+    if info["extracted_images"]:
+        info["extract_images_per_s"] = info["extracted_images"] / max(info["extract_time_s"], 1e-9)
+    info["features"] = out
+    return info
+
+
+def _frozen_state_hash(model: nn.Module, tail: nn.Module) -> str:
+    """Hash of the model's weights outside the trainable tail (the frozen prefix's identity)."""
+    tail_ptrs = {t.data_ptr() for t in tail.state_dict().values()}
+    frozen = {k: v for k, v in model.state_dict().items() if v.data_ptr() not in tail_ptrs}
+    return feats.state_hash(frozen)
+
+
+__all__ = ["cache_plan", "cached_features"]

@@ -1,0 +1,83 @@
+"""Data preparation for a run: dataset, splits, uint8 tensors; then the model and its transforms."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import torch
+
+from transferlab.errors import TransferlabError
+from transferlab.training.context import RunContext
+
+
+def load_data(run: RunContext) -> None:
+    """Load the dataset and the splits (the saved ones when resuming) as uint8 tensors."""
+    from transferlab.data import SplitIndices, load_dataset, make_splits
+
+    c = run.config
+    run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
+                               labels=c.labels)
+    split_path = run.run_dir / "splits.npz"
+    if run.resume and split_path.is_file():
+        run.splits = SplitIndices.load(split_path)
+    else:
+        train_split = run.dataset["train"]
+        run.splits = make_splits(train_split.labels, val_fraction=c.val_fraction,
+                                 train_fraction=c.train_fraction, seed=c.split_seed)
+    if len(run.splits.train) == 0:
+        raise TransferlabError("the training split is empty; raise train_fraction or lower val_fraction")
+    train = run.dataset["train"]
+    # Images stay uint8 (4x smaller than float); on CUDA they live on the GPU for the whole run.
+    home = run.device if run.device.type == "cuda" else torch.device("cpu")
+
+    def tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(np.ascontiguousarray(images)).to(home),
+                torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(home))
+
+    run.data = {"train": tensors(train.images[run.splits.train], train.labels[run.splits.train]),
+                "test": tensors(run.dataset["test"].images, run.dataset["test"].labels)}
+    run.indices = {"train": run.splits.train, "test": np.arange(len(run.dataset["test"].labels))}
+    if len(run.splits.val):
+        run.data["val"] = tensors(train.images[run.splits.val], train.labels[run.splits.val])
+        run.indices["val"] = run.splits.val
+
+
+def build_model(run: RunContext) -> None:
+    """Create the model and the train / eval transforms at the run's input size."""
+    from transferlab.data.transforms import BatchTransform
+    from transferlab.models import create_model
+
+    c = run.config
+    torch.manual_seed(c.seed)
+    random.seed(c.seed)
+    np.random.seed(c.seed % 2**32)
+    run.model = create_model(c.model, num_classes=len(run.dataset.classes),
+                             pretrained=c.pretrained, weights=c.weights,
+                             # A weights folder is searched only for pretrained models:
+                             # a from-scratch network has no file in it.
+                             weights_dir=c.weights_dir if c.pretrained else None, head=c.head,
+                             input_size=c.input_size, **c.model_kwargs)
+    run.model.to(run.device)
+    if c.channels_last:
+        run.model.to(memory_format=torch.channels_last)
+    pre = run.model.pretrained_cfg
+    # An explicit size is already in pretrained_cfg (create_model puts it there); otherwise
+    # train at the model's from-scratch default, as `transferlab evaluate` assumes.
+    size = tuple(pre.input_size if c.input_size else
+                 getattr(run.model, "default_input_size", None) or pre.input_size)
+    run.input_size = size
+    # From here on pretrained_cfg is the preprocessing this run uses (BatchTransform: the whole
+    # image resized to `size`, no crop), so best.pt, predict and evaluate all repeat it.
+    run.model.pretrained_cfg = dataclasses.replace(pre, input_size=size, crop_pct=1.0,
+                                                   crop_mode="squash")
+    run.transform = BatchTransform(size, mean=pre.mean, std=pre.std,
+                                   interpolation=pre.interpolation, augment=c.augment,
+                                   native_size=run.dataset.image_size).to(run.device)
+    run.eval_transform = BatchTransform(size, mean=pre.mean, std=pre.std,
+                                        interpolation=pre.interpolation, augment="none",
+                                        native_size=run.dataset.image_size).to(run.device).eval()
+
+
+__all__ = ["build_model", "load_data"]

@@ -1,0 +1,188 @@
+"""One stage of a run: freeze, pick the batches (images or cached features), fit, checkpoint.
+
+`run_stage` builds the stage's optimiser, scheduler and `StagePlan`, restores their saved state
+on resume, and hands `engine.fit` two callbacks: `on_step` (Ctrl-C, periodic last.pt) and
+`on_epoch` (metrics files, TensorBoard, best.pt, last.pt).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from transferlab.config import StageConfig
+from transferlab.errors import TransferlabError
+from transferlab.models import count_parameters
+from transferlab.training import checkpoint as ckpt
+from transferlab.training import distributed as dist_utils
+from transferlab.training.cache_plan import cache_plan, cached_features
+from transferlab.training.context import RunContext
+from transferlab.training.engine import (
+    SYNC_EVERY,
+    Batches,
+    StagePlan,
+    StageProgress,
+    derive_seed,
+    fit,
+)
+from transferlab.training.optim import StageScheduler, build_optimizer
+from transferlab.training.run_state import RunState, save_best, save_last
+from transferlab.training.rundir import write_metrics
+
+
+def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
+              last: dict[str, Any] | None, started: float) -> None:
+    """Train one stage (on cached features when it can), saving best.pt / last.pt as it goes."""
+    c = run.config
+    apply_freeze(run.model, stage.train)
+    batch_size = c.stage_batch_size(stage)
+    parts = cache_plan(run, stage)
+    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
+    info.update({"train": stage.train, "cached_features": parts is not None})
+    if parts is not None:
+        prefix, tail = parts
+        cached = cached_features(run, stage, prefix, tail)
+        features = cached.pop("features")
+        info.update({k: v for k, v in cached.items() if k != "backend" or cached["extracted_images"]})
+        trained: nn.Module = tail
+        labels = {s: run.data[s][1] for s in run.data}
+
+        def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
+            return Batches(features[split], labels[split], size, shuffle=shuffle, seed=c.seed,
+                           epoch=epoch, device=run.device, dist=run.ctx, train=shuffle)
+        run.stage_features = (stage.train, trained, batches)
+    else:
+        trained = run.model
+
+        def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
+            x, y = run.data[split]
+            return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
+                           transform=run.transform if shuffle else run.eval_transform,
+                           device=run.device, dist=run.ctx, channels_last=c.channels_last,
+                           train=shuffle)
+        run.stage_features = None
+
+    # Shuffle order and augmentation seeds mix in the stage index: each stage sees its own order.
+    def train_batches(epoch: int) -> Batches:
+        b = batches("train", batch_size, True, epoch)
+        b.seed = derive_seed(c.seed, "stage", si)
+        return b
+
+    trainable = [p for p in trained.parameters() if p.requires_grad]
+    if not trainable:
+        raise TransferlabError(f"stage {stage.name}: train={stage.train} leaves nothing to train")
+    module = dist_utils.wrap_ddp(trained, run.ctx, run.device)
+    if c.compile:
+        module = torch.compile(module)
+    optimizer = build_optimizer(stage, trainable)
+    steps = len(train_batches(0))
+    scheduler = StageScheduler(optimizer, stage, steps)
+    scaler = run.precision.scaler(run.device)
+    if last is not None:
+        if last["optimizer"] is not None:
+            optimizer.load_state_dict(last["optimizer"])
+        if last["scheduler"] is not None:
+            scheduler.load_state_dict(last["scheduler"])
+        if last["scaler"] is not None:
+            scaler.load_state_dict(last["scaler"])
+        ckpt.set_rng_state(last["rng"])
+    total, n_trainable = count_parameters(run.model)
+    info.update({"params_trainable": n_trainable, "params_total": total})
+    state.stage_info[stage.name] = info
+    run.log(f"stage {si + 1}/{len(run.config.stages)} {stage.name}: train {stage.train}, "
+            f"{n_trainable:,} of {total:,} parameters trainable, {stage.optimizer} lr {stage.lr:g}, "
+            f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
+            + (", on cached features" if parts is not None else ""))
+    plan = StagePlan(
+        name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
+        val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
+        epochs=stage.epochs, label_smoothing=stage.label_smoothing,
+        early_stopping=stage.early_stopping, scheduler=scheduler, precision=run.precision,
+        scaler=scaler, quiet=c.quiet or not run.ctx.is_main,
+        # Read the sums at every periodic checkpoint step too, so last.pt holds exact totals.
+        sync_every=math.gcd(SYNC_EVERY, c.checkpoint_every) if c.checkpoint_every else SYNC_EVERY,
+        # After a non-finite loss `summary.finish` reloads best.pt: no in-memory copy of the best needed.
+        nan_restores_best=False,
+    )
+
+    def on_step(progress: StageProgress) -> None:
+        state.progress = progress
+        every = c.checkpoint_every
+        if run.interrupt.poll(run.ctx, run.device):
+            save_last(run, state, optimizer, scheduler, scaler, started)
+            run.log(f"saved a resumable state in {run.run_dir / 'last.pt'}; continue with "
+                    f"`transferlab train --resume {run.run_dir}`")
+            raise KeyboardInterrupt
+        if every and progress.step % every == 0 and progress.step < steps:
+            save_last(run, state, optimizer, scheduler, scaler, started)
+
+    def on_epoch(row: dict[str, Any], progress: StageProgress) -> None:
+        state.progress = progress
+        state.rows.append(row)
+        global_epoch = len(state.rows)
+        if run.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "epoch" and value is not None:
+                    run.writer.add_scalar(f"{key}", value, global_epoch)
+            run.writer.flush()
+        value = row["val_acc1"]
+        if value is None or state.best_value is None or value > state.best_value:
+            state.best_value = value
+            save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value})
+        write_metrics(run, state.rows)
+        save_last(run, state, optimizer, scheduler, scaler, started)
+        if run.interrupt.poll(run.ctx, run.device):
+            run.log(f"saved a resumable state in {run.run_dir / 'last.pt'}")
+            raise KeyboardInterrupt
+        if not c.quiet:
+            run.log(_format_row(row))
+
+    progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
+    epoch_rows = [r for r in state.rows if r["stage"] == stage.name]
+    info.update({
+        "epochs": progress.epoch, "stopped": progress.stopped,
+        "epoch_time_s": mean([r["epoch_time_s"] for r in epoch_rows]),
+        "images_per_s": mean([r["images_per_s"] for r in epoch_rows]),
+    })
+    state.stage_info[stage.name] = info
+    if progress.stopped == "non_finite_loss":
+        state.stopped = f"stage {stage.name}: non-finite loss"
+        save_last(run, state, optimizer, scheduler, scaler, started)
+        if (run.run_dir / "best.pt").is_file():
+            run.log("the run stops here; the test set is evaluated with best.pt")
+        else:
+            run.log("the run stops here; no epoch finished, so there is no best checkpoint and "
+                    "no test pass")
+
+
+def apply_freeze(model: nn.Module, train: str) -> None:
+    """Freeze the model for a stage's `train` setting (head | all | from:<stage>)."""
+    from transferlab.models import freeze
+
+    if train == "head":
+        freeze(model, "all")
+    elif train == "all":
+        freeze(model, None)
+    else:
+        freeze(model, train.removeprefix("from:"))
+
+
+def mean(values: list[float]) -> float:
+    """Mean of a list, 0.0 when empty."""
+    return float(np.mean(values)) if values else 0.0
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    """One metrics row as a log line."""
+    text = (f"[{row['stage']}] epoch {row['epoch']}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc1']:.4f}")
+    if row["val_loss"] is not None:
+        text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc1']:.4f}"
+    return text + f" | {row['epoch_time_s']:.2f} s, {row['images_per_s']:.0f} img/s"
+
+
+__all__ = ["apply_freeze", "mean", "run_stage"]

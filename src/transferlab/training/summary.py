@@ -1,0 +1,100 @@
+"""The end of a run: the test pass with best.pt, predictions_test.npz, and summary.json (last)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.io import atomic_write, atomic_write_text
+from transferlab.models import count_parameters
+from transferlab.training import checkpoint as ckpt
+from transferlab.training import distributed as dist_utils
+from transferlab.training.context import RunContext
+from transferlab.training.device import library_versions
+from transferlab.training.engine import evaluate
+from transferlab.training.run_state import RunState
+from transferlab.training.rundir import SUMMARY, dumps
+from transferlab.training.stage_loop import mean
+
+
+def finish(run: RunContext, state: RunState, started: float) -> Path:
+    """Evaluate the best model on the test set, write predictions and summary.json (last).
+
+    Without a best checkpoint (a non-finite loss in the very first epoch) there is no model to
+    test: the test metrics are null and no predictions are written.
+    """
+    c = run.config
+    best_path = run.run_dir / "best.pt"
+    dist_utils.barrier(run.ctx)
+    result = None
+    if best_path.is_file():
+        run.model.load_state_dict(ckpt.load_checkpoint(best_path)["state_dict"])
+        result = _test_pass(run)
+    total, trainable = count_parameters(run.model)
+    rows = state.rows
+    train_seconds = sum(r["epoch_time_s"] for r in rows)
+    train_images = sum(r["images_per_s"] * r["epoch_time_s"] for r in rows)
+    summary = {
+        "run_name": c.run_name,
+        "model": c.model,
+        "pretrained": bool(c.pretrained),
+        "dataset": c.dataset,
+        "classes": list(run.dataset.classes),
+        "test_acc1": result.acc1 if result else None,
+        "test_acc5": result.acc5 if result else None,
+        "test_loss": result.loss if result else None,
+        "epochs": {s.name: state.stage_info.get(s.name, {}).get("epochs", 0) for s in c.stages},
+        "epoch_time_s": mean([r["epoch_time_s"] for r in rows]),
+        "eval_time_s": result.seconds if result else None,
+        "val_time_s": mean([r["eval_time_s"] for r in rows if r["val_loss"] is not None]),
+        "images_per_s": train_images / train_seconds if train_seconds else 0.0,
+        "wall_time_s": state.wall_time_s + time.perf_counter() - started,
+        "params_total": total,
+        "params_trainable": max((i.get("params_trainable", 0) for i in state.stage_info.values()),
+                                default=trainable),
+        "device": str(run.device) + (f" x{run.ctx.world_size}" if run.ctx.enabled else ""),
+        "precision": run.precision.name,
+        "world_size": run.ctx.world_size,
+        "input_size": list(run.input_size),
+        "best_val_acc1": state.best_value,
+        "stopped": state.stopped,
+        "stages": state.stage_info,
+        "versions": library_versions(),
+    }
+    if run.ctx.is_main:
+        if result is not None:
+            labels = result.labels.numpy()
+            logits = result.logits.numpy().astype(np.float32)
+            atomic_write(run.run_dir / "predictions_test.npz",
+                         lambda f: np.savez(f, labels=labels, logits=logits,
+                                            classes=np.array(run.dataset.classes)))
+        atomic_write_text(run.run_dir / SUMMARY, dumps(summary, indent=2) + "\n")
+        if result is not None:
+            run.log(f"test acc1 {result.acc1:.4f} acc5 {result.acc5:.4f}; run directory {run.run_dir}")
+        else:
+            run.log(f"no best checkpoint, so no test pass (test metrics are null); run directory "
+                    f"{run.run_dir}")
+    dist_utils.barrier(run.ctx)
+    return run.run_dir
+
+
+def _test_pass(run: RunContext) -> Any:
+    """Evaluate the loaded best weights on the whole test set (every rank, logits in order)."""
+    c = run.config
+    cached = run.stage_features
+    if cached is not None and all(s.train == cached[0] for s in c.stages):
+        # The frozen part never changed during the run, so its cached test features still apply.
+        _, module, batches = cached
+        test = batches("test", c.eval_batch(), False)
+    else:
+        module = run.model
+        test = run.image_batches("test", c.eval_batch())
+    test.dist = dist_utils.DistContext()  # the test pass runs whole on every rank: logits in order
+    return evaluate(module, test, precision=run.precision, keep_logits=True, desc="test",
+                    quiet=c.quiet or not run.ctx.is_main)
+
+
+__all__ = ["finish"]
