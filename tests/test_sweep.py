@@ -10,7 +10,8 @@ import yaml
 
 from transferlab.cli import main
 from transferlab.errors import TransferlabError
-from transferlab.sweep import grid_points, parse_grid, pivot, point_name, swept_stage
+from transferlab.results.sweeps import pivot
+from transferlab.sweep import grid_points, parse_grid, point_name, swept_stage
 
 TRAIN = {
     "dataset": "synthetic:classes=3,train=24,test=9,size=8,seed=0",

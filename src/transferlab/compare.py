@@ -21,8 +21,9 @@ Mappings are merged key by key (an entry's `model_kwargs` extends the shared one
 `weights_dir` applies to the entries with `pretrained: true` only.
 
 `run_compare` trains each model into `OUT/<name>` (extra seeds into `OUT/<name>-seed<N>`), skips
-models whose run already finished, resumes an interrupted one, then writes `comparison.json`,
-`comparison.csv`, `REPORT.md` and `report.html` into OUT.
+models whose run already finished, resumes an interrupted one, then writes `comparison.json` and
+`comparison.csv` into OUT. The `transferlab compare` command then has the report layer write
+`REPORT.md` and `report.html` next to them (this module never imports the report).
 """
 
 from __future__ import annotations
@@ -219,13 +220,16 @@ def run_compare(
     sets: Sequence[str] = (),
     only: Sequence[str] | None = None,
     train_fn: TrainFn = default_train_fn,
-    report: bool = True,
     log: Callable[[str], None] = print,
-) -> Path:
-    """Train every model of a comparison and write the comparison and its report.
+) -> list[Path]:
+    """Train every model of a comparison and write the comparison table.
+
+    The report (REPORT.md, report.html) is the report layer's job: `transferlab compare` calls
+    `transferlab.report.write_report` on the returned run directories.
 
     Returns:
-        The comparison folder.
+        The run directories of every finished model of the config (also those of earlier
+        `only` runs), in config order.
     """
     from transferlab.io import atomic_write_text
 
@@ -249,20 +253,14 @@ def run_compare(
     # The comparison covers every finished model of the config, also those of earlier --only runs.
     finished = [r.run_dir for r in plan_runs(config, out_dir, seeds, overrides, sets) if r.finished]
     write_comparison(out_dir, config, finished)
-    if report:
-        from transferlab.report import write_report
-
-        write_report(finished, out_dir, title=config.title,
-                     description=config.description,
-                     labels={e.name: e.label for e in config.entries})
-    return out_dir
+    return finished
 
 
 def write_comparison(out_dir: Path, config: CompareConfig, run_dirs: Sequence[Path]) -> list[dict]:
     """Write `comparison.json` and `comparison.csv`: one row per model (mean and std over seeds)."""
     from transferlab.io import atomic_write_text
-    from transferlab.report.runs import load_run, summarise_groups
-    from transferlab.report.tables import comparison_records
+    from transferlab.results.comparison import comparison_records
+    from transferlab.results.runs import load_run, summarise_groups
 
     groups = summarise_groups([load_run(p) for p in run_dirs])
     labels = {e.name: e.label for e in config.entries}

@@ -7,7 +7,8 @@ for its fine-tuning stage) are each one sweep::
         --grid stages.0.optimizer=rmsprop,sgd,adam --grid stages.0.lr=1e-2,1e-3,1e-4 --out sweeps/head
 
 A sweep folder holds one run directory per grid point plus `sweep.json` (the grid and the table)
-and `sweep.csv`. Re-running skips finished points and resumes an interrupted one.
+and `sweep.csv`. Re-running skips finished points and resumes an interrupted one. The report reads
+`sweep.json` back through `transferlab.results.sweeps`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import yaml
 
 from transferlab.compare import TrainFn, default_train_fn
 from transferlab.errors import TransferlabError
-from transferlab.report.runs import load_run, read_metrics
+from transferlab.results.runs import load_run, read_metrics
+from transferlab.results.sweeps import SWEEP_FILE
 
-SWEEP_FILE = "sweep.json"
 STAGE_KEY = re.compile(r"^stages\.([^.]+)\.")
 
 
@@ -212,28 +213,6 @@ def write_sweep(out_dir: Path, grid: Mapping[str, Sequence[Any]], rows: Sequence
         writer.writeheader()
         writer.writerows(table)
     atomic_write_text(Path(out_dir) / "sweep.csv", buffer.getvalue())
-
-
-def load_sweep(path: Path) -> dict[str, Any]:
-    """Read a sweep folder's `sweep.json` (pass the folder or the file)."""
-    path = Path(path)
-    file = path / SWEEP_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise TransferlabError(f"{path} holds no {SWEEP_FILE}; run `transferlab sweep` first")
-    data = json.loads(file.read_text(encoding="utf-8"))
-    data["path"] = str(file.parent)
-    return data
-
-
-def pivot(rows: Sequence[Mapping[str, Any]], row_key: str, col_key: str,
-          value: str = "test_acc1") -> tuple[list[Any], list[Any], list[list[float | None]]]:
-    """A two-key grid as a matrix (e.g. optimiser rows x learning-rate columns), like the study."""
-    row_values = list(dict.fromkeys(r[row_key] for r in rows))
-    col_values = list(dict.fromkeys(r[col_key] for r in rows))
-    cells: list[list[float | None]] = [[None] * len(col_values) for _ in row_values]
-    for r in rows:
-        cells[row_values.index(r[row_key])][col_values.index(r[col_key])] = r.get(value)
-    return row_values, col_values, cells
 
 
 def load_base_config(

@@ -66,8 +66,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Train the comparison and print where it went."""
     config = load_compare_config(args.config)
-    out = run_compare(config, args.out, seeds=args.seeds, overrides=shared_overrides(args),
-                      sets=args.sets, only=args.only, report=not args.no_report)
+    finished = run_compare(config, args.out, seeds=args.seeds, overrides=shared_overrides(args),
+                           sets=args.sets, only=args.only)
+    out = Path(args.out)
+    if not args.no_report:
+        from transferlab.report import write_report
+
+        write_report(finished, out, title=config.title, description=config.description,
+                     labels={e.name: e.label for e in config.entries})
     print(f"wrote {out / 'comparison.csv'}" + ("" if args.no_report else
           f", {out / 'REPORT.md'} and {out / 'report.html'}"))
     return 0

@@ -49,6 +49,9 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# Name prefixes resolved on the fly (e.g. "timm:" -> any timm model), registered by the family
+# module that knows how, so this module imports none of them: registration flows one way.
+_PREFIXES: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register_model(
@@ -71,6 +74,13 @@ def register_model(
     return decorator
 
 
+def register_prefix(prefix: str, resolve: Callable[[str], ModelEntry]) -> None:
+    """Resolve every name `<prefix><rest>` with `resolve(rest)`; a duplicate prefix is an error."""
+    if prefix in _PREFIXES:
+        raise ValueError(f"model name prefix {prefix!r} is already registered")
+    _PREFIXES[prefix] = resolve
+
+
 def list_models() -> list[str]:
     """Registered model names, in registration order (`timm:<name>` works for any timm model too)."""
     return list(_REGISTRY)
@@ -80,10 +90,9 @@ def get_model_entry(name: str) -> ModelEntry:
     """The registry entry for `name`, or for `timm:<name>` an entry built on the fly."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TIMM_PREFIX):
-        from transferlab.models.timm_backbones import timm_entry
-
-        return timm_entry(name[len(TIMM_PREFIX) :])
+    for prefix, resolve in _PREFIXES.items():
+        if name.startswith(prefix):
+            return resolve(name[len(prefix) :])
     raise TransferlabError(
         f"unknown model {name!r}; choose one of {', '.join(_REGISTRY)} or timm:<any timm model name>"
     )

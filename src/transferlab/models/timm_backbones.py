@@ -28,7 +28,7 @@ from transferlab.models.heads import (
     linear_head,
     study_head,
 )
-from transferlab.models.registry import ModelEntry, register_model
+from transferlab.models.registry import TIMM_PREFIX, ModelEntry, register_model, register_prefix
 
 
 def _hub_source(arch: str) -> str:
@@ -251,3 +251,6 @@ def timm_entry(arch: str) -> ModelEntry:
         pretrained_source=_hub_source(arch),
         architectures={name: {"arch": arch}},
     )
+
+
+register_prefix(TIMM_PREFIX, timm_entry)

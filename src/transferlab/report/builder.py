@@ -27,20 +27,21 @@ from transferlab.report.document import (
     to_html,
     to_markdown,
 )
-from transferlab.report.reference import (
+from transferlab.report.tables import (
+    COMPARISON_HEADERS,
+    comparison_rows,
+    fmt_pct,
+    fmt_seconds,
+)
+from transferlab.results.comparison import comparison_records
+from transferlab.results.reference import (
     PUBLISHED_CIFAR100,
     PUBLISHED_CIFAR100_SOURCES,
     STUDY_2018,
     STUDY_2018_SOURCE,
 )
-from transferlab.report.runs import GroupSummary, RunRecord, find_runs, summarise_groups
-from transferlab.report.tables import (
-    COMPARISON_HEADERS,
-    comparison_records,
-    comparison_rows,
-    fmt_pct,
-    fmt_seconds,
-)
+from transferlab.results.runs import GroupSummary, RunRecord, find_runs, summarise_groups
+from transferlab.results.sweeps import SWEEP_FILE, load_sweep, pivot
 
 NUM_PAIRS = 10  # most-confused pairs shown per model
 
@@ -61,8 +62,6 @@ def _slug(name: str) -> str:
 
 def _split_inputs(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """Separate sweep folders (holding sweep.json) from run directories and compare folders."""
-    from transferlab.sweep import SWEEP_FILE
-
     runs, sweeps = [], []
     for path in map(Path, paths):
         (sweeps if (path / SWEEP_FILE).is_file() else runs).append(path)
@@ -210,8 +209,6 @@ def _data_section(doc: Document, run: RunRecord, fig_dir: Path) -> None:
 
 def _sweep_section(doc: Document, sweep_dirs: Sequence[Path]) -> None:
     """One table per sweep, plus an optimiser x learning-rate style pivot for two-key grids."""
-    from transferlab.sweep import load_sweep, pivot
-
     doc.add(Heading("Sweeps"))
     for path in sweep_dirs:
         sweep = load_sweep(path)
