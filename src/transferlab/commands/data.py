@@ -53,8 +53,13 @@ def run_info(args: argparse.Namespace) -> int:
         }
     h, w = ds.image_size
     print(f"{ds.name}: {ds.num_classes} classes, {h}x{w} RGB images")
+    sources = dict(ds.split_sources)
+    if carved:
+        sources["val"] = f"carved from {sources.get('train', 'the training split')}"
     for split, c in counts.items():
-        print(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)")
+        source = sources.get(split)
+        print(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)"
+              + (f"  from {source}" if source else ""))
     if ds.coarse_classes:
         print(f"  coarse labels: {len(ds.coarse_classes)} superclasses (use --labels coarse)")
     name_width = max(len(c) for c in ds.classes)

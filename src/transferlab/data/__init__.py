@@ -2,7 +2,8 @@
 
 `load_dataset(spec)` understands:
     cifar100, cifar10          the official archives (downloaded and checksummed)
-    folder:PATH                an image folder or a .tar/.tar.gz of one
+    folder:PATH                an image folder, .tar(.gz) or .zip in any common layout
+                               (train/+test/, train/+val/(+test/), or class folders only)
     synthetic[:k=v,...]        a small learnable toy dataset made on the fly
 """
 
@@ -26,13 +27,17 @@ def load_dataset(
     image_size: int | None = None,
     labels: str = "fine",
     download: bool = True,
+    target_size: int | None = None,
 ) -> ImageDataset:
     """Load a dataset by its spec (see the module docstring).
 
     Args:
         spec: "cifar100", "cifar10", "folder:PATH" or "synthetic[:options]".
         data_root: download/cache directory (default $TRANSFERLAB_DATA, else ~/.cache/transferlab).
-        image_size: for folder datasets, resize every image to this square size.
+        image_size: for folder datasets, store every image at this square size (px).
+        target_size: for folder datasets whose images do not all share one size no larger than
+            it, the square stored size (px), reached by the shorter side and a centre crop;
+            None means 256. Runs pass round(model input size / 0.875).
         labels: "fine" or "coarse" (CIFAR-100's 20 superclasses).
         download: allow downloading official archives.
 
@@ -53,8 +58,8 @@ def load_dataset(
         raise TransferlabError(f"--labels {labels} is only available for cifar100")
     if kind == "folder":
         if not arg:
-            raise TransferlabError("folder needs a path: folder:PATH (a directory or a .tar/.tar.gz)")
-        return load_folder(arg, data_root, image_size=image_size)
+            raise TransferlabError("folder needs a path: folder:PATH (a directory, .tar/.tar.gz or .zip)")
+        return load_folder(arg, data_root, image_size=image_size, target_size=target_size)
     if kind == "synthetic":
         return load_synthetic(arg)
     raise TransferlabError(

@@ -14,6 +14,11 @@ from transferlab.io import atomic_write_dir
 ENV_VAR = "TRANSFERLAB_DATA"
 # Bump when the decoded format changes so old caches are ignored rather than misread.
 CACHE_FORMAT = 1
+# Arrays stored in files larger than this are memory-mapped instead of read: the operating
+# system's page cache then holds what fits, shared by every process (torchrun ranks) on the
+# machine, and nothing copies a whole split into process memory. Smaller ones (CIFAR's 150 MB
+# training set) are read, which costs little and keeps them off the disk's critical path.
+MMAP_MIN_BYTES = 256 * 2**20
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -47,10 +52,10 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray], meta: dict) -> N
         # meta.json last: its presence marks a complete directory.
         (tmp / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, **meta}, indent=1))
 
-    atomic_write_dir(directory, fill, is_valid=_is_complete)
+    atomic_write_dir(directory, fill, is_valid=is_complete)
 
 
-def _is_complete(directory: Path) -> bool:
+def is_complete(directory: Path) -> bool:
     """Whether `directory` holds a finished cache entry of this format."""
     try:
         return json.loads((directory / "meta.json").read_text()).get("format") == CACHE_FORMAT
@@ -58,13 +63,22 @@ def _is_complete(directory: Path) -> bool:
         return False
 
 
-def load_arrays(directory: Path) -> tuple[dict[str, np.ndarray], dict] | None:
-    """Read what `save_arrays` wrote; None when absent or from another cache format."""
-    meta_path = directory / "meta.json"
-    if not meta_path.is_file():
+def load_arrays(directory: Path, mmap_min_bytes: int = MMAP_MIN_BYTES
+                ) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Read what `save_arrays` (or a folder decode) wrote; None when absent or of another format.
+
+    Args:
+        directory: the cache entry.
+        mmap_min_bytes: files at least this large are opened read-only memory-mapped.
+    """
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
         return None
-    meta = json.loads(meta_path.read_text())
     if meta.get("format") != CACHE_FORMAT:
         return None
-    arrays = {p.stem: np.load(p, allow_pickle=False) for p in sorted(directory.glob("*.npy"))}
+    arrays = {}
+    for p in sorted(directory.glob("*.npy")):
+        big = p.stat().st_size >= mmap_min_bytes
+        arrays[p.stem] = np.load(p, mmap_mode="r" if big else None, allow_pickle=False)
     return arrays, meta

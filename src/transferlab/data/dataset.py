@@ -45,6 +45,10 @@ class ImageDataset:
         fingerprint: changes whenever the source or the decode settings change; used in cache keys.
         coarse_classes: CIFAR-100's 20 superclass names when the fine labels are in use, else None.
         coarse_labels: per split, the superclass of each image (CIFAR-100 only).
+        split_sources: per split, where it came from in words, e.g. {"train": "train/",
+            "test": "val/ (held-out evaluation set)"}; empty when the loader does not say.
+        files: per split, the source-relative path of every image in row order (image folders
+            only; None otherwise).
     """
 
     name: str
@@ -53,6 +57,8 @@ class ImageDataset:
     fingerprint: str
     coarse_classes: list[str] | None = None
     coarse_labels: dict[str, np.ndarray] = field(default_factory=dict)
+    split_sources: dict[str, str] = field(default_factory=dict)
+    files: dict[str, list[str]] | None = None
 
     def __getitem__(self, split: str) -> Split:
         try:

@@ -1,0 +1,124 @@
+"""Parallel, memory-bounded decoding of image files into preallocated .npy files.
+
+Each split's images go into one uint8 (N, H, W, 3) .npy created with `open_memmap`; worker
+processes decode chunks of files and write their rows straight into that file. The parent never
+holds the images, so peak memory does not grow with the dataset: written pages belong to the
+file and the operating system flushes them as it likes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from transferlab.data.images import SizePlan, decode, header_size
+
+# Files per task: large enough that process overhead vanishes, small enough for a smooth
+# progress bar and an even share of work at the end.
+_CHUNK = 32
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """Worker processes to use: `workers`, or one per usable core when None or 0."""
+    return usable_cores() if not workers else max(1, int(workers))
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork starts workers in milliseconds without re-importing torch; the workers only run
+    # Pillow and numpy, which are safe after fork. Elsewhere use the platform's default.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else None)
+
+
+def _decode_rows(npy: str, rows: Sequence[int], paths: Sequence[str], names: Sequence[str],
+                 plan: SizePlan) -> int:
+    """Decode `paths` into rows `rows` of the .npy file `npy` (runs in a worker)."""
+    out = np.load(npy, mmap_mode="r+")
+    for row, path, name in zip(rows, paths, names, strict=True):
+        out[row] = decode(Path(path), name, plan)
+    out.flush()
+    del out
+    return len(rows)
+
+
+def _headers(paths: Sequence[str], names: Sequence[str]) -> list[tuple[int, int]]:
+    return [header_size(Path(p), n) for p, n in zip(paths, names, strict=True)]
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, _CHUNK):
+        yield slice(start, min(n, start + _CHUNK))
+
+
+def _call(job: tuple) -> tuple[int, object]:
+    """(index, fn(*args)) for a job (index, fn, args): runs in a worker."""
+    i, fn, args = job
+    return i, fn(*args)
+
+
+def _run(tasks: list[tuple], fn: Callable, workers: int, desc: str, counts: list[int]) -> list:
+    """Run fn(*task) for every task, in `workers` processes (inline for one), with a progress bar.
+
+    A worker's exception is raised here; on it, or on Ctrl-C, the pool's exit terminates the
+    workers at once.
+    """
+    results: list = [None] * len(tasks)
+    with tqdm(total=sum(counts), desc=desc, unit="img", disable=None, leave=False,
+              dynamic_ncols=True) as bar:
+        if workers == 1 or len(tasks) <= 1:
+            for i, task in enumerate(tasks):
+                results[i] = fn(*task)
+                bar.update(counts[i])
+            return results
+        with _context().Pool(min(workers, len(tasks))) as pool:
+            for i, result in pool.imap_unordered(_call, ((i, fn, t) for i, t in enumerate(tasks))):
+                results[i] = result
+                bar.update(counts[i])
+    return results
+
+
+def read_sizes(paths: Sequence[str], names: Sequence[str], workers: int) -> list[tuple[int, int]]:
+    """(height, width) of every image from its header, in parallel."""
+    tasks, counts = [], []
+    for s in _chunks(len(paths)):
+        tasks.append((paths[s], names[s]))
+        counts.append(s.stop - s.start)
+    sizes: list[tuple[int, int]] = []
+    for part in _run(tasks, _headers, workers, "reading image sizes", counts):
+        sizes += part
+    return sizes
+
+
+def decode_into(npy: Path, paths: Sequence[str], names: Sequence[str], plan: SizePlan,
+                workers: int, desc: str) -> None:
+    """Create `npy` as uint8 (len(paths), H, W, 3) and decode every file into its row.
+
+    Args:
+        npy: the .npy file to create (inside a temporary directory: see cache.py).
+        paths: absolute file paths, in row order.
+        names: the same files named for error messages.
+        plan: the stored size.
+        workers: processes to decode in (1: in this process).
+        desc: progress-bar label.
+    """
+    h, w = plan.size
+    out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
+    del out  # workers open the file themselves; the header is written
+    tasks, counts = [], []
+    for s in _chunks(len(paths)):
+        tasks.append((str(npy), range(s.start, s.stop), paths[s], names[s], plan))
+        counts.append(s.stop - s.start)
+    _run(tasks, _decode_rows, workers, desc, counts)

@@ -1,0 +1,125 @@
+"""Decode one image file of any kind into uint8 RGB at the stored size.
+
+Every Pillow mode becomes correct RGB: EXIF orientation applied (phones store photos rotated and
+say so in a tag), transparency composited on white (not on the black that the colour channels
+of transparent pixels often hold), 16-bit greyscale scaled to 8 bits (Pillow's own conversion
+clips everything above 255 to white), palette, CMYK and the rest through Pillow's converters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from transferlab.errors import TransferlabError
+
+# EXIF orientations 5 to 8 turn the image by 90 degrees: stored width and height swap.
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = {5, 6, 7, 8}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """How every image is brought to the stored size.
+
+    Attributes:
+        size: stored (height, width).
+        resize: False when every image already has `size` (stored as decoded).
+    """
+
+    size: tuple[int, int]
+    resize: bool
+
+
+class ImageError(TransferlabError):
+    """An image file that cannot be read."""
+
+
+def _unreadable(path: Path, rel: str, err: BaseException) -> ImageError:
+    return ImageError(f"{rel} is not a readable image ({type(err).__name__}: {err}). "
+                      f"Remove or replace that file ({path}).")
+
+
+def header_size(path: Path, rel: str) -> tuple[int, int]:
+    """(height, width) as displayed (after EXIF rotation), read from the file's header only."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:
+                orientation = im.getexif().get(_EXIF_ORIENTATION)
+            except Exception:  # noqa: BLE001 - a broken EXIF block only loses the rotation
+                orientation = None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise _unreadable(path, rel, err) from err
+    return (w, h) if orientation in _SWAPS_SIDES else (h, w)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB, upright, transparency on white."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _SIXTEEN_BIT:
+        # Scale the full 16-bit range to 8 bits (x / 257 maps 65535 to 255), rounding.
+        wide = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if wide.max(initial=0.0) <= 1.0 else 1.0  # [0, 1] floats or 0..255 values
+        im = Image.fromarray(np.clip(np.rint(wide * scale), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        im.mode in ("P", "L", "RGB") and "transparency" in im.info
+    ):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scale so the image covers `size` (h, w), keeping the aspect ratio, then centre-crop.
+
+    For a square target this is torchvision's evaluation convention (Resize(s) + CenterCrop(s)).
+    """
+    th, tw = size
+    w, h = img.size
+    scale = max(th / h, tw / w)
+    new_w, new_h = max(tw, round(w * scale)), max(th, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        # Pillow's resize filters antialias when shrinking (the filter widens with the scale).
+        img = img.resize((new_w, new_h), Image.BICUBIC, reducing_gap=None)
+    left, top = (new_w - tw) // 2, (new_h - th) // 2
+    return img.crop((left, top, left + tw, top + th))
+
+
+def decode(path: Path, rel: str, plan: SizePlan) -> np.ndarray:
+    """Decode the file at `path` to a uint8 (H, W, 3) array of the plan's size.
+
+    Args:
+        path: the file.
+        rel: its name for error messages (relative to the dataset source).
+        plan: the stored size.
+
+    Raises:
+        ImageError: the file is not a readable image, or has another size than a no-resize plan says.
+    """
+    try:
+        with Image.open(path) as im:
+            if plan.resize and im.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result still covers the
+                # target: a 12-megapixel photo is never decoded in full to be shrunk to 256 px.
+                side = max(plan.size)
+                im.draft("RGB", (side, side))
+            im.load()
+            img = to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise _unreadable(path, rel, err) from err
+    h, w = plan.size
+    if plan.resize:
+        img = _shorter_side_then_crop(img, plan.size)
+    elif img.size != (w, h):
+        raise ImageError(f"{rel} is {img.size[1]}x{img.size[0]}, expected {h}x{w} like the other "
+                         "images; the folder changed while it was being read. Run again.")
+    return np.asarray(img, dtype=np.uint8)
