@@ -175,4 +175,6 @@ def load_cifar(
         fingerprint=stable_hash({"base": fingerprint, "labels": labels}),
         coarse_classes=coarse_classes if labels == "fine" else None,
         coarse_labels=coarse_labels,
+        split_sources={"train": f"the official {source.name} training set",
+                       "test": f"the official {source.name} test set"},
     )
