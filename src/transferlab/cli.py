@@ -15,7 +15,9 @@ from transferlab import __version__
 from transferlab.errors import TransferlabError
 
 # Order is the order `transferlab --help` lists them in.
-COMMANDS = ("data", "models", "predict", "train", "compare", "sweep", "evaluate", "report")
+COMMANDS = (
+    "data", "models", "predict", "train", "compare", "sweep", "evaluate", "export", "report",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

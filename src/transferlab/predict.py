@@ -5,7 +5,8 @@ ImageNet-style weights timm's evaluation transform (resize to input_size / crop_
 crop, normalise with the weights' mean and std); for a transferlab run's `best.pt`
 (``crop_mode="squash"``) the run's own evaluation transform (`BatchTransform`: the whole image
 resized to the run's input size, then normalised), so a file gives the predictions it gave
-where it came from.
+where it came from. An exported `.onnx` file (`transferlab export`) is run with ONNX Runtime,
+with the same resize, from the preprocessing and class names in its metadata.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform
 
 from transferlab.errors import TransferlabError
+from transferlab.export import OnnxClassifier
 from transferlab.models import (
     PreprocessConfig,
     TransferModel,
@@ -32,6 +34,11 @@ from transferlab.models import (
 )
 
 IMAGENET_CLASSES = 1000
+ONNX_SUFFIX = ".onnx"
+# What a folder given to predict is searched for (case-insensitive); other files are skipped.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+Predictor = TransferModel | OnnxClassifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +88,37 @@ def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tenso
     )
 
 
-def class_names(model: TransferModel) -> list[str]:
+def pixel_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> (3, H, W) float in [0, 1], resized as `eval_transform` resizes, not normalised."""
+    return eval_transform(dataclasses.replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+
+
+def expand_images(paths: Sequence[str | Path]) -> list[str]:
+    """Image files from files and folders: a folder gives its images, recursively, sorted.
+
+    Raises:
+        TransferlabError: if a path does not exist or a folder holds no image.
+    """
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise TransferlabError(
+                    f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}); check the path"
+                )
+            files.extend(found)
+        elif path.exists():
+            files.append(str(path))
+        else:
+            raise TransferlabError(f"image {path} not found; check the path")
+    return files
+
+
+def class_names(model: Predictor) -> list[str]:
     """The model's class names: its dataset's, ImageNet's for a 1000-class head, else indices."""
     if model.classes is not None:
         return list(model.classes)
@@ -104,24 +141,37 @@ def load_image(path: str | Path) -> Image.Image:
 
 @torch.no_grad()
 def predict_images(
-    model: TransferModel,
+    model: Predictor,
     images: Sequence[str | Path],
     top: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
 ) -> list[Prediction]:
-    """Top-`top` classes with softmax probabilities for each image file, in input order."""
+    """Top-`top` classes with softmax probabilities for each image file, in input order.
+
+    An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says.
+    """
     if top < 1:
         raise TransferlabError(f"--top must be >= 1, got {top}")
     top = min(top, model.num_classes)
     names = class_names(model)
-    transform = eval_transform(model.pretrained_cfg)
-    model = model.to(device).eval()
+    onnx = isinstance(model, OnnxClassifier)
+    if onnx:
+        # The exported graph normalises; it takes float pixels NHWC in [0, 255].
+        transform = pixel_transform(model.pretrained_cfg)
+    else:
+        transform = eval_transform(model.pretrained_cfg)
+        model = model.to(device).eval()
     results: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = torch.stack([transform(load_image(p)) for p in paths]).to(device)
-        probs = model(batch).float().softmax(dim=1)
+        batch = torch.stack([transform(load_image(p)) for p in paths])
+        if onnx:
+            pixels = (batch.permute(0, 2, 3, 1) * 255.0).numpy()
+            logits = torch.from_numpy(model(pixels))
+        else:
+            logits = model(batch.to(device))
+        probs = logits.float().softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
         for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
             scores = [ClassScore(i, names[i], round(v, 6)) for v, i in zip(vals, idxs, strict=True)]
@@ -134,12 +184,14 @@ def load_predict_model(
     weights: str | Path | None = None,
     weights_dir: str | Path | None = None,
     pretrained: bool = False,
-) -> TransferModel:
+) -> Predictor:
     """A model with a trained classifier, ready to predict.
 
     Args:
-        model_name: registry name; may be omitted for a transferlab checkpoint (it records it).
-        weights: a transferlab `best.pt`, or a weights file with a classifier (e.g. ImageNet).
+        model_name: registry name; may be omitted for a transferlab checkpoint or export (they
+            record it).
+        weights: a transferlab `best.pt`, a `transferlab export` file (.onnx runs with ONNX
+            Runtime), or a weights file with a classifier (e.g. ImageNet).
         weights_dir: a folder holding a weights file for `model_name` (see `create_model`).
         pretrained: download timm's ImageNet weights instead.
 
@@ -147,6 +199,17 @@ def load_predict_model(
         TransferlabError: if nothing says which weights to use, or they have no classifier.
     """
     source = None
+    if weights is not None and Path(weights).suffix == ONNX_SUFFIX:
+        onnx_model = OnnxClassifier(weights)
+        if model_name is not None and model_name != onnx_model.model_name:
+            raise TransferlabError(
+                f"{weights} holds a {onnx_model.model_name} model, not {model_name}; drop --model"
+            )
+        return onnx_model
+    if weights is not None and Path(weights).suffix == ".safetensors" and model_name is None:
+        # A `transferlab export --format safetensors` file names its model.
+        source = read_weights(weights)
+        model_name = source.metadata.get("transferlab_model")
     if weights is not None and Path(weights).suffix != ".safetensors":
         source = read_weights(weights)
         if source.checkpoint is not None:

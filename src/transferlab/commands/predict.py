@@ -1,11 +1,11 @@
-"""`transferlab predict IMAGE... --model NAME --weights FILE [--top 5] [--json]`."""
+"""`transferlab predict IMAGE_OR_FOLDER... --model NAME --weights FILE [--top 5] [--json]`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from transferlab.predict import load_predict_model, predict_images
+from transferlab.predict import IMAGE_SUFFIXES, expand_images, load_predict_model, predict_images
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -13,13 +13,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "predict",
         help="top classes for image files",
-        description="Print the top classes of each image with a pretrained or transferlab-trained model.",
+        description="Print the top classes of each image with a pretrained or transferlab-trained "
+        "model, or with a file written by `transferlab export` (.onnx runs with ONNX Runtime).",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    parser.add_argument("--model", help="registry name (optional with a transferlab best.pt)")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders searched recursively for "
+        f"{', '.join(IMAGE_SUFFIXES)} files (sorted by path)",
+    )
+    parser.add_argument(
+        "--model", help="registry name (optional with a transferlab best.pt or exported file)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--weights", metavar="FILE", help=".safetensors, torch state dict, or RUN_DIR/best.pt"
+        "--weights", metavar="FILE",
+        help="RUN_DIR/best.pt, an exported model.onnx or model.safetensors, a .safetensors or "
+        "torch state dict",
     )
     source.add_argument(
         "--weights-dir",
@@ -34,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--batch-size", type=int, default=32, help="images per forward pass (default 32)"
     )
     parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+        "--device", default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.set_defaults(func=run)
@@ -46,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    images = expand_images(args.images)
     model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
     predictions = predict_images(
-        model, args.images, top=args.top, batch_size=args.batch_size, device=device
+        model, images, top=args.top, batch_size=args.batch_size, device=device
     )
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
