@@ -19,15 +19,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "transferlab"
 
 # Lowest first. A module belongs to the layer of its longest listed prefix. Modules the style
-# guide does not name sit where their imports put them: config and predict use data and models
-# and serve training and the commands; evaluation reads a finished run and draws its figures
+# guide does not name sit where their imports put them: config, predict and export use data and
+# models and serve training and the commands; evaluation reads a finished run and draws its figures
 # with report.figures, and the report includes it; results is the shared reader of the files
 # that compare / sweep write and the report reads.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("transferlab", "transferlab.errors", "transferlab.io")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
-    ("training", ("transferlab.training", "transferlab.config", "transferlab.predict")),
+    ("training", ("transferlab.training", "transferlab.config", "transferlab.predict",
+                  "transferlab.export")),
     ("results", ("transferlab.results",)),
     ("compare/sweep", ("transferlab.compare", "transferlab.sweep")),
     ("report", ("transferlab.report", "transferlab.evaluation")),
