@@ -309,12 +309,30 @@ def test_feature_cache_key_covers_model_options_and_precision(
     assert len(list(features.iterdir())) == 9  # bf16 features are other features
 
 
-def test_boundary_cache_over_memory_budget_trains_through_the_backbone(
+def test_boundary_cache_over_memory_budget_is_memory_mapped(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stages = [{"name": "s", "train": "from:block2", "epochs": 1}]
+    mapped = train_run(tiny_config(tmp_path / "a", cache_memory_gb=1e-9, quiet=False, stages=stages))
+    assert "written to disk and memory-mapped" in capsys.readouterr().out
+    assert json.loads((mapped / "summary.json").read_text())["stages"]["s"]["cached_features"]
+    held = train_run(tiny_config(tmp_path / "b", stages=stages))
+    # The same features, the same training: identical weights whether mapped or in memory.
+    a = torch.load(mapped / "best.pt", weights_only=True)["state_dict"]
+    b = torch.load(held / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_boundary_cache_over_budget_and_disk_trains_through_the_backbone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from transferlab.training import cache_plan
+
+    monkeypatch.setattr(cache_plan.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
     config = tiny_config(tmp_path, cache_memory_gb=1e-9, quiet=False,
                          stages=[{"name": "s", "train": "from:block2", "epochs": 1}])
     run_dir = train_run(config)
-    assert "over cache_memory_gb" in capsys.readouterr().out
+    assert "training through the frozen part" in capsys.readouterr().out
     assert not json.loads((run_dir / "summary.json").read_text())["stages"]["s"]["cached_features"]
 
 

@@ -110,6 +110,7 @@ class TrainConfig:
     cache_dir: str | None = None  # cached-feature folder (None = <data cache dir>/features)
     labels: str = "fine"  # fine | coarse (CIFAR-100)
     image_size: int | None = None  # decode size of the stored images (px); None = native
+    workers: int = 0  # processes decoding an image folder on a cold cache; 0 = one per usable core
     val_fraction: float = 0.1  # share of the training split held out for validation; 0 = none
     train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
     split_seed: int = 0  # seed of the stratified train / val split
@@ -348,6 +349,8 @@ def validate(config: TrainConfig) -> None:
             raise TransferlabError(f"{name}={value} must be a positive integer, or null for the default")
     _choice(config.amp, AMP_MODES, "amp")
     _choice(config.extract_backend, EXTRACT_BACKENDS, "extract_backend")
+    if config.workers < 0:
+        raise TransferlabError(f"workers={config.workers} must be >= 0 (0 = one per usable core)")
     if config.checkpoint_every < 0:
         raise TransferlabError("checkpoint_every must be >= 0 (0 = only at epoch ends)")
     if not isinstance(config.model_kwargs, dict):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 
 from transferlab.data.cifar import CIFAR10_SOURCE, CIFAR100_SOURCE, load_cifar
-from transferlab.data.dataset import ImageDataset, Split
+from transferlab.data.dataset import ArrayRows, ImageDataset, Split
 from transferlab.data.folder import load_folder
 from transferlab.data.splits import SplitIndices, make_splits
 from transferlab.data.synthetic import load_synthetic
 from transferlab.errors import TransferlabError
 
-__all__ = ["ImageDataset", "Split", "SplitIndices", "load_dataset", "make_splits"]
+__all__ = ["ArrayRows", "ImageDataset", "Split", "SplitIndices", "load_dataset", "make_splits"]
 
 
 def load_dataset(
@@ -28,6 +28,7 @@ def load_dataset(
     labels: str = "fine",
     download: bool = True,
     target_size: int | None = None,
+    workers: int | None = None,
 ) -> ImageDataset:
     """Load a dataset by its spec (see the module docstring).
 
@@ -38,6 +39,7 @@ def load_dataset(
         target_size: for folder datasets whose images do not all share one size no larger than
             it, the square stored size (px), reached by the shorter side and a centre crop;
             None means 256. Runs pass round(model input size / 0.875).
+        workers: for folder datasets, processes decoding a cold cache; None or 0: one per core.
         labels: "fine" or "coarse" (CIFAR-100's 20 superclasses).
         download: allow downloading official archives.
 
@@ -59,7 +61,8 @@ def load_dataset(
     if kind == "folder":
         if not arg:
             raise TransferlabError("folder needs a path: folder:PATH (a directory, .tar/.tar.gz or .zip)")
-        return load_folder(arg, data_root, image_size=image_size, target_size=target_size)
+        return load_folder(arg, data_root, image_size=image_size, target_size=target_size,
+                           workers=workers)
     if kind == "synthetic":
         return load_synthetic(arg)
     raise TransferlabError(

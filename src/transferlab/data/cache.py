@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,21 @@ def save_arrays(directory: Path, arrays: dict[str, np.ndarray], meta: dict) -> N
     atomic_write_dir(directory, fill, is_valid=is_complete)
 
 
+def save_streamed(directory: Path, name: str, shape: tuple[int, ...], dtype: np.dtype | type,
+                  write: Callable[[np.ndarray], None], meta: dict) -> None:
+    """Like `save_arrays` for one array too large for memory: `write(array)` fills a .npy
+    memory-mapped in the temporary directory (pages go to the file, not to process memory)."""
+
+    def fill(tmp: Path) -> None:
+        array = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        write(array)
+        array.flush()
+        del array
+        (tmp / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, **meta}, indent=1))
+
+    atomic_write_dir(directory, fill, is_valid=is_complete)
+
+
 def is_complete(directory: Path) -> bool:
     """Whether `directory` holds a finished cache entry of this format."""
     try:
@@ -63,14 +79,17 @@ def is_complete(directory: Path) -> bool:
         return False
 
 
-def load_arrays(directory: Path, mmap_min_bytes: int = MMAP_MIN_BYTES
+def load_arrays(directory: Path, mmap_min_bytes: int | None = None
                 ) -> tuple[dict[str, np.ndarray], dict] | None:
     """Read what `save_arrays` (or a folder decode) wrote; None when absent or of another format.
 
     Args:
         directory: the cache entry.
-        mmap_min_bytes: files at least this large are opened read-only memory-mapped.
+        mmap_min_bytes: files at least this large are opened read-only memory-mapped
+            (None: MMAP_MIN_BYTES).
     """
+    if mmap_min_bytes is None:
+        mmap_min_bytes = MMAP_MIN_BYTES
     try:
         meta = json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError):

@@ -1,10 +1,17 @@
-"""The in-memory dataset every loader returns: uint8 RGB images, integer labels, class names."""
+"""The dataset every loader returns: uint8 RGB images, integer labels, class names.
+
+Images are numpy arrays: in memory for small datasets, read-only memory-mapped .npy files for
+large ones (see cache.MMAP_MIN_BYTES). Code that takes a part of a split should keep an index
+array and gather batch by batch (`ArrayRows`), never `images[indices]` the whole part: on a
+memory-mapped split that copy is the whole dataset in process memory.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -30,8 +37,60 @@ class Split:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> Split:
-        """Return the split restricted to `indices` (a copy)."""
+        """Return the split restricted to `indices` (a copy of those rows: prefer `rows`)."""
         return Split(self.images[indices], self.labels[indices])
+
+    def rows(self, indices: np.ndarray | None = None) -> ArrayRows:
+        """The images at `indices` (all when None) as a view that gathers batch by batch."""
+        return ArrayRows(self.images, indices)
+
+
+class ArrayRows:
+    """Rows of a (possibly memory-mapped) numpy array seen through an index array, no copy.
+
+    Indexing with a batch of positions (a tensor, array or slice) reads only those rows and
+    returns them as a new CPU tensor, so a training split of a memory-mapped dataset costs no
+    memory beyond one batch; the operating system's page cache holds the file and shares it
+    between processes. It has what `training.engine.Batches` needs of its inputs: `len`,
+    `shape`, `device` and indexing. Any other source of rows (a streaming reader, a remote
+    store) can stand in for it by offering the same.
+
+    Args:
+        array: (N, ...) array.
+        indices: the rows of `array` this view holds, in order (None: all of them).
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, array: np.ndarray, indices: np.ndarray | None = None) -> None:
+        self.array = array
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.array) if self.indices is None else len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(len(self), *row shape)."""
+        return (len(self), *self.array.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The rows' torch dtype."""
+        return torch.from_numpy(np.empty(0, self.array.dtype)).dtype
+
+    def __getitem__(self, index: torch.Tensor | np.ndarray | slice | int) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = np.arange(len(self))[index] if self.indices is None else self.indices[index]
+        rows = np.asarray(rows)
+        if rows.ndim == 0:
+            return torch.from_numpy(np.array(self.array[int(rows)]))
+        # Reading the rows in file order is kinder to the disk; put them back in batch order.
+        order = np.argsort(rows, kind="stable")
+        batch = np.empty((len(rows), *self.array.shape[1:]), self.array.dtype)
+        batch[order] = self.array[rows[order]]
+        return torch.from_numpy(batch)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +64,12 @@ def _chunks(n: int) -> Iterator[slice]:
         yield slice(start, min(n, start + _CHUNK))
 
 
-def _call(job: tuple) -> tuple[int, object]:
-    """(index, fn(*args)) for a job (index, fn, args): runs in a worker."""
-    i, fn, args = job
-    return i, fn(*args)
-
-
 def _run(tasks: list[tuple], fn: Callable, workers: int, desc: str, counts: list[int]) -> list:
     """Run fn(*task) for every task, in `workers` processes (inline for one), with a progress bar.
 
-    A worker's exception is raised here; on it, or on Ctrl-C, the pool's exit terminates the
-    workers at once.
+    A worker's exception is raised here, and so is a worker that dies (killed for memory, a
+    crashing decoder: BrokenProcessPool), instead of waiting for it forever. On any error or
+    Ctrl-C the remaining work is cancelled and the workers are stopped at once.
     """
     results: list = [None] * len(tasks)
     with tqdm(total=sum(counts), desc=desc, unit="img", disable=None, leave=False,
@@ -83,10 +79,20 @@ def _run(tasks: list[tuple], fn: Callable, workers: int, desc: str, counts: list
                 results[i] = fn(*task)
                 bar.update(counts[i])
             return results
-        with _context().Pool(min(workers, len(tasks))) as pool:
-            for i, result in pool.imap_unordered(_call, ((i, fn, t) for i, t in enumerate(tasks))):
-                results[i] = result
+        pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_context())
+        try:
+            futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
                 bar.update(counts[i])
+        except BaseException:
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()  # a worker in the middle of a large file would finish it
+            raise
+        pool.shutdown(wait=True)
     return results
 
 

@@ -7,9 +7,11 @@ outputs. `cache_plan` decides; `cached_features` loads them from the on-disk cac
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,32 +39,55 @@ def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Modul
     if parts is None:
         return None
     prefix, _ = parts
-    if stage.train.startswith("from:"):
-        sample = next(iter(run.image_batches("train", 1)))[0]
-        total = sum(len(v[1]) for v in run.data.values())
-        need = feats.activation_bytes(prefix, sample, total)
-        budget = c.cache_memory_gb * 2**30
-        if need > budget:
-            msg = (f"stage {stage.name}: cached activations need {need / 2**30:.1f} GiB, over "
-                   f"cache_memory_gb={c.cache_memory_gb}")
+    sample = next(iter(run.image_batches("train", 1)))[0]
+    total = sum(len(v[1]) for v in run.data.values())
+    need = feats.activation_bytes(prefix, sample, total)
+    if need > c.cache_memory_gb * 2**30:
+        # Over the memory budget the features live in memory-mapped files (cached_features);
+        # only a disk that cannot hold them either makes the stage train through the prefix.
+        root = _cache_root(run)
+        root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        msg = (f"stage {stage.name}: cached activations need {need / 2**30:.1f} GiB, over "
+               f"cache_memory_gb={c.cache_memory_gb}")
+        if need > 0.9 * free:
+            msg += f" and over the {free / 2**30:.1f} GiB free in {root}"
             if stage.cache_features == "true":
-                raise TransferlabError(msg + "; raise cache_memory_gb or set cache_features auto")
+                raise TransferlabError(msg + "; free disk space or point cache_dir elsewhere")
             run.log(msg + ": training through the frozen part instead")
             return None
+        run.log(msg + ": written to disk and memory-mapped")
     return parts
+
+
+def _cache_root(run: RunContext) -> Path:
+    from transferlab.data.cache import data_root
+
+    c = run.config
+    return Path(c.cache_dir) if c.cache_dir else data_root(c.data_root)
 
 
 def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
                     tail: nn.Module) -> dict[str, Any]:
     """Features of every split for this stage's frozen prefix, from disk or freshly extracted."""
-    from transferlab.data.cache import data_root, load_arrays, save_arrays, stable_hash
+    from transferlab.data import ArrayRows
+    from transferlab.data.cache import (
+        MMAP_MIN_BYTES,
+        load_arrays,
+        save_arrays,
+        save_streamed,
+        stable_hash,
+    )
 
     c = run.config
     frozen = _frozen_state_hash(run.model, tail)
     pre = run.model.pretrained_cfg
     info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0}
-    root = Path(c.cache_dir) if c.cache_dir else data_root(c.data_root)
-    out: dict[str, torch.Tensor] = {}
+    root = _cache_root(run)
+    # Feature sets over the memory budget are memory-mapped when read back, whatever their size.
+    mmap_min = int(min(MMAP_MIN_BYTES, c.cache_memory_gb * 2**30))
+    out: dict[str, Any] = {}
+    shape: tuple[int, ...] | None = None
     for split in run.data:
         key = stable_hash({
             "kind": "features", "version": 1, "model": c.model, "frozen": frozen,
@@ -75,28 +100,43 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
             "model_kwargs": run.model_kwargs(), "precision": run.precision.name,
         })[:32]
         directory = feats.features_dir(root, key)
-        loaded = load_arrays(directory) if run.ctx.is_main else None
+        loaded = load_arrays(directory, mmap_min) if run.ctx.is_main else None
         if run.ctx.is_main and loaded is None:
             batches = run.image_batches(split, c.eval_batch())  # rank 0 extracts everything
-            values, seconds, backend = feats.extract(
-                prefix, batches, backend=c.extract_backend, num_images=len(run.data[split][1]),
-                precision=run.precision, desc=f"extract {split}", quiet=c.quiet, log=run.log)
-            n = len(values)
-            run.log(f"extracted {split} features {tuple(values.shape)} in {seconds:.1f} s "
+            n = len(run.data[split][1])
+            if shape is None:
+                shape = feats.output_shape(prefix, next(iter(run.image_batches(split, 1)))[0])
+            kwargs = dict(backend=c.extract_backend, num_images=n, precision=run.precision,
+                          desc=f"extract {split}", quiet=c.quiet, log=run.log)
+            if n * int(np.prod(shape)) * 4 > c.cache_memory_gb * 2**30:
+                # Too large for memory: each batch goes straight into a memory-mapped file,
+                # renamed into place whole, and mapped again below.
+                result: list = []
+                save_streamed(directory, "features", (n, *shape), np.float32,
+                              lambda array, b=batches, kw=kwargs, r=result:
+                              r.extend(feats.extract(prefix, b, out=array, **kw)[1:]),
+                              {"split": split, "shape": [n, *shape]})
+                seconds, backend = result
+            else:
+                values, seconds, backend = feats.extract(prefix, batches, **kwargs)
+                save_arrays(directory, {"features": values.numpy()},
+                            {"split": split, "shape": list(values.shape)})
+            run.log(f"extracted {split} features {(n, *shape)} in {seconds:.1f} s "
                     f"({n / max(seconds, 1e-9):.0f} img/s, {backend})")
-            save_arrays(directory, {"features": values.numpy()},
-                        {"split": split, "shape": list(values.shape)})
             info["backend"] = backend
             info["extract_time_s"] += seconds
             info["extracted_images"] += n
         dist_utils.barrier(run.ctx)
         if not run.ctx.is_main or loaded is None:
-            loaded = load_arrays(directory)
+            loaded = load_arrays(directory, mmap_min)
         if loaded is None:
             raise TransferlabError(f"feature cache {directory} could not be read; delete it and rerun")
-        values = torch.from_numpy(loaded[0]["features"])
-        home = run.device if run.device.type == "cuda" else torch.device("cpu")
-        out[split] = values.to(home)
+        array = loaded[0]["features"]
+        if isinstance(array, np.memmap):
+            out[split] = ArrayRows(array)  # batches gather from the file; nothing copied
+        else:
+            home = run.device if run.device.type == "cuda" else torch.device("cpu")
+            out[split] = torch.from_numpy(array).to(home)
     if info["extracted_images"]:
         info["extract_images_per_s"] = info["extracted_images"] / max(info["extract_time_s"], 1e-9)
     info["features"] = out

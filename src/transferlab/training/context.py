@@ -31,7 +31,9 @@ class RunContext:
     run_dir: Path
     dataset: Any  # transferlab.data.ImageDataset
     splits: Any  # transferlab.data.SplitIndices
-    data: dict[str, tuple[torch.Tensor, torch.Tensor]]  # split -> (uint8 images, int64 labels)
+    # split -> (uint8 NHWC images: a tensor, or a data.ArrayRows view that gathers per batch;
+    #           int64 labels)
+    data: dict[str, tuple[Any, torch.Tensor]]
     indices: dict[str, np.ndarray]  # split -> indices into the dataset's split (cache keys)
     model: nn.Module
     input_size: tuple[int, ...]  # (H, W) the run trains at

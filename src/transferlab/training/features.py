@@ -7,7 +7,9 @@ backbone pass into a few matrix products.
 * ``train: head``  caches the pooled features ``m.head.pool(m.forward_features(x))`` (B, C) and
   trains ``m.head.fc``.
 * ``train: from:<stage>`` caches the feature map entering ``<stage>`` and trains the stages from
-  there plus the head, when the activations fit ``cache_memory_gb``.
+  there plus the head. Activations larger than ``cache_memory_gb`` are written straight to a
+  .npy on disk and memory-mapped, not held in memory (training through the frozen part is the
+  fallback only when the disk cannot hold them either).
 
 The cache lives under ``<data cache dir>/features/<key>`` where the key hashes the frozen part's
 weights, the dataset fingerprint, the preprocessing, the boundary and the split indices, so any
@@ -176,7 +178,8 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
 @torch.inference_mode()
 def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_images: int,
             precision: Precision | None = None, desc: str = "extract", quiet: bool = False,
-            log: Callable[[str], None] = print) -> tuple[torch.Tensor, float, str]:
+            log: Callable[[str], None] = print, out: np.ndarray | None = None,
+            ) -> tuple[torch.Tensor, float, str]:
     """Run the frozen prefix over all batches.
 
     Args:
@@ -188,9 +191,12 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
         desc: progress bar label.
         quiet: no progress bar.
         log: where notes go.
+        out: a preallocated float32 (num_images, ...) array (e.g. a memory-mapped .npy) to write
+            the features into batch by batch instead of collecting them in memory.
 
     Returns:
-        (float32 CPU features in input order, seconds, backend used).
+        (float32 CPU features in input order, seconds, backend used); with `out`, the features
+        are a tensor over `out`.
     """
     prefix.eval()
     precision = precision or Precision(None, False)
@@ -199,6 +205,7 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
     used = "eager"
     start = time.perf_counter()
     full = 0
+    written = 0
     for x, _ in tqdm(batches, desc=desc, leave=False, disable=quiet, unit="batch"):
         if extractor is None:
             extractor, used = make_extractor(prefix, backend, x, num_images, log)
@@ -213,17 +220,29 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
             if channels_last:  # keep the strides the graph was specialised to
                 x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast(x.device):
-            outputs.append(extractor(x)[:n].float().cpu())
+            y = extractor(x)[:n].float().cpu()
+        if out is None:
+            outputs.append(y)
+        else:
+            out[written:written + n] = y.numpy()
+            written += n
     seconds = time.perf_counter() - start
+    if out is not None:
+        return torch.from_numpy(out), seconds, used
     feats = torch.cat(outputs) if outputs else torch.empty(0)
     return feats, seconds, used
 
 
-def activation_bytes(prefix: nn.Module, sample: torch.Tensor, num_images: int) -> int:
-    """Bytes the prefix's float32 outputs for `num_images` inputs would take."""
+def output_shape(prefix: nn.Module, sample: torch.Tensor) -> tuple[int, ...]:
+    """The prefix's output shape for one input (without the batch dimension)."""
     with torch.inference_mode():
         out = prefix.eval()(sample[:1])
-    return out[0].numel() * 4 * num_images
+    return tuple(out.shape[1:])
+
+
+def activation_bytes(prefix: nn.Module, sample: torch.Tensor, num_images: int) -> int:
+    """Bytes the prefix's float32 outputs for `num_images` inputs would take."""
+    return int(np.prod(output_shape(prefix, sample))) * 4 * num_images
 
 
 def features_dir(cache_root: Path, key: str) -> Path:

@@ -18,7 +18,7 @@ def load_data(run: RunContext) -> None:
 
     c = run.config
     run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
-                               labels=c.labels)
+                               labels=c.labels, workers=c.workers)
     split_path = run.run_dir / "splits.npz"
     if run.resume and split_path.is_file():
         run.splits = SplitIndices.load(split_path)
@@ -28,20 +28,23 @@ def load_data(run: RunContext) -> None:
                                  train_fraction=c.train_fraction, seed=c.split_seed)
     if len(run.splits.train) == 0:
         raise TransferlabError("the training split is empty; raise train_fraction or lower val_fraction")
-    train = run.dataset["train"]
-    # Images stay uint8 (4x smaller than float); on CUDA they live on the GPU for the whole run.
-    home = run.device if run.device.type == "cuda" else torch.device("cpu")
-
-    def tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(np.ascontiguousarray(images)).to(home),
-                torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(home))
-
-    run.data = {"train": tensors(train.images[run.splits.train], train.labels[run.splits.train]),
-                "test": tensors(run.dataset["test"].images, run.dataset["test"].labels)}
-    run.indices = {"train": run.splits.train, "test": np.arange(len(run.dataset["test"].labels))}
+    train, test = run.dataset["train"], run.dataset["test"]
+    labels = {"train": train.labels[run.splits.train], "test": test.labels}
+    rows = {"train": train.rows(run.splits.train), "test": test.rows()}
+    run.indices = {"train": run.splits.train, "test": np.arange(len(test.labels))}
     if len(run.splits.val):
-        run.data["val"] = tensors(train.images[run.splits.val], train.labels[run.splits.val])
+        labels["val"] = train.labels[run.splits.val]
+        rows["val"] = train.rows(run.splits.val)
         run.indices["val"] = run.splits.val
+    # Images stay uint8 (4x smaller than float). On the CPU every split is a view that gathers
+    # each batch from the dataset's array (memory-mapped when large): no split is ever copied.
+    # On CUDA, in-memory datasets move to the GPU whole; memory-mapped ones stay views.
+    to_gpu = run.device.type == "cuda" and not isinstance(train.images, np.memmap)
+    home = run.device if to_gpu else torch.device("cpu")
+    run.data = {}
+    for split, view in rows.items():
+        images = view[:].to(home) if to_gpu else view
+        run.data[split] = (images, torch.from_numpy(np.asarray(labels[split], dtype=np.int64)).to(home))
 
 
 def build_model(run: RunContext) -> None:

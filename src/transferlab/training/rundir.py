@@ -31,7 +31,7 @@ METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val
 # Fields that may differ between the interrupted and the resumed session (they change nothing
 # in the results).
 RUNTIME_FIELDS = {"quiet", "device", "extract_backend", "checkpoint_every", "out_dir", "run_name",
-                  "cache_dir"}
+                  "cache_dir", "workers"}
 
 
 def is_finished(run_dir: str | os.PathLike[str]) -> bool:
