@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,44 @@ def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
     assert errors == []
     np.testing.assert_array_equal(load_arrays(tmp_path / "entry")[0]["x"], np.arange(1000))
     assert os.listdir(tmp_path) == ["entry"]
+
+
+def test_concurrent_writers_with_slow_file_system_calls(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race with every existence check and rename slowed down, as on a busy machine.
+
+    Slowing them widens the windows between a check and the action that relies on it: a writer
+    that checked first and renamed later moved aside the complete entry another writer had just
+    put in place, and a third writer that looked in that moment found nothing and failed.
+    """
+    real_exists, real_replace = Path.exists, tl_io.os.replace
+
+    def slow_exists(self: Path, *args: Any, **kwargs: Any) -> bool:
+        found = real_exists(self, *args, **kwargs)
+        time.sleep(0.002)
+        return found
+
+    def slow_replace(src: Any, dst: Any) -> None:
+        time.sleep(0.002)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(Path, "exists", slow_exists)
+    monkeypatch.setattr(tl_io.os, "replace", slow_replace)
+    for round_ in range(8):
+        errors: list[BaseException] = []
+        entry = tmp_path / f"entry{round_}"
+
+        def write(rank: int, entry: Path = entry, errors: list[BaseException] = errors) -> None:
+            try:
+                save_arrays(entry, {"x": np.arange(10)}, {"rank": rank})
+            except BaseException as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+        threads = [threading.Thread(target=write, args=(r,)) for r in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert load_arrays(entry) is not None
+    assert sorted(os.listdir(tmp_path)) == [f"entry{i}" for i in range(8)]

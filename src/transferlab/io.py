@@ -14,6 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+# Rename attempts before atomic_write_dir gives up: each lost round means another writer replaced
+# an incomplete directory at that very moment, so a handful of rounds is already generous.
+_PLACE_ATTEMPTS = 10
+
 
 def _umask() -> int:
     """The process umask (read without changing it where the OS allows: other threads may create files)."""
@@ -74,8 +78,13 @@ def atomic_write_dir(
 
     Several processes may build the same directory at once (ranks under torchrun): when the
     final directory already exists and `is_valid(directory)` says it is complete, our copy is
-    discarded and theirs is kept; a rename that loses such a race is handled the same way.
-    An existing directory that is not valid is replaced.
+    discarded and theirs is kept. An existing directory that is not valid is replaced.
+
+    The rename is tried first and the final path is only inspected after it fails: renaming
+    onto a missing path succeeds atomically and onto a non-empty directory fails, so the kernel
+    decides who wins. Checking first ("does it exist?", then "replace it") let a writer that saw
+    no directory move aside a complete one that another writer had just put there; a third
+    writer that looked in that moment found nothing and failed.
 
     Args:
         directory: the final directory.
@@ -89,21 +98,26 @@ def atomic_write_dir(
     try:
         fill(tmp)
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp creates 0700
-        if directory.exists() and valid(directory):
-            return  # another process finished the same content first
-        if directory.exists():
+        last_error: OSError | None = None
+        for _ in range(_PLACE_ATTEMPTS):
+            try:
+                os.replace(tmp, directory)
+                return
+            except OSError as err:
+                # Renaming onto a non-empty directory (or a file) fails: something is in the way.
+                if valid(directory):
+                    return  # another process finished the same content first: keep theirs
+                last_error = err
+            # What is in the way is incomplete (or was just moved by another writer): move it
+            # aside (rmtree is not atomic) and try again.
             stale = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".stale",
                                           dir=directory.parent))
             try:
-                os.replace(directory, stale / "old")  # move aside first: rmtree is not atomic
+                os.replace(directory, stale / "old")
             except OSError:
                 pass  # someone else moved or replaced it meanwhile
             shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, directory)
-        except OSError:
-            # Renaming onto a non-empty directory fails: another process got there first.
-            if not (directory.exists() and valid(directory)):
-                raise
+        assert last_error is not None
+        raise last_error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
