@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from transferlab.cli import main
 from transferlab.report import write_report
@@ -174,13 +177,78 @@ def _chromium() -> str | None:
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
+# Appended to a copy of report.html: once every image has loaded (the load event waits for them),
+# it writes what the browser laid out into the page, which --dump-dom then prints.
+RENDER_PROBE = """<script>
+addEventListener("load", () => {
+  const box = (e) => e.getBoundingClientRect();
+  const probe = {
+    viewport: document.documentElement.clientWidth,
+    scroll_width: document.documentElement.scrollWidth,
+    page_height: document.documentElement.scrollHeight,
+    font_px: parseFloat(getComputedStyle(document.body).fontSize),
+    images: [...document.images].map((i) => ({
+      natural_width: i.naturalWidth, complete: i.complete, alt: i.alt,
+      left: box(i).left, top: box(i).top + scrollY, width: box(i).width, height: box(i).height})),
+    tables: [...document.querySelectorAll("table")].map((t) => ({rows: t.rows.length,
+                                                                 right: box(t).right})),
+  };
+  const out = document.createElement("pre");
+  out.id = "render-probe";
+  out.textContent = JSON.stringify(probe);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _render(browser: str, page: Path, width: int, height: int, shot: Path) -> dict:
+    """Load `page` in headless Chromium at width x height: screenshot it and return the probe."""
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu",
+         f"--window-size={width},{height}", "--virtual-time-budget=10000",
+         f"--screenshot={shot}", "--dump-dom", page.as_uri()],
+        check=True, timeout=60, capture_output=True, text=True)
+    found = re.search(r'<pre id="render-probe">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"the page never finished loading in Chromium: {result.stderr[-500:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
 def test_html_renders_in_headless_chromium(runs, tmp_path):
+    """Every figure loads, the tables are there, and a 1366 px laptop screen needs no sideways scroll."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("no Chromium or Chrome executable on PATH; the headless render is not checked")
-    paths = write_report(runs[:1], tmp_path / "report", data_figures=False)
-    shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={shot}", "--window-size=1200,2000", paths.html.as_uri()],
-                   check=True, timeout=120, capture_output=True)
-    assert shot.stat().st_size > 10_000
+        pytest.skip("no Chromium or Chrome executable on PATH (.ci/run installs Debian's "
+                    "chromium); the headless render is not checked")
+    sweep_dir = tmp_path / "sweep"
+    write_sweep(sweep_dir, {"stages.0.lr": [0.1, 0.01]},
+                [SweepRow({"stages.0.lr": lr}, f"p{i}", 0.3 + 0.1 * i, 0.9, 0.3, 3, 1.5, 9.0)
+                 for i, lr in enumerate([0.1, 0.01])])
+    paths = write_report([*runs, sweep_dir], tmp_path / "report", data_figures=False)
+    source = TagChecker()
+    source.feed(paths.html.read_text())
+    page = tmp_path / "probed.html"
+    page.write_text(paths.html.read_text().replace("</body>", RENDER_PROBE + "</body>"))
+
+    laptop = _render(browser, page, 1366, 768, tmp_path / "laptop.png")
+    assert laptop["viewport"] > 1300  # the window size took effect (a scrollbar may take a few px)
+    assert laptop["scroll_width"] <= laptop["viewport"], "the page scrolls sideways at 1366 px"
+    assert laptop["font_px"] >= 14
+    assert len(laptop["images"]) == len(source.images) >= 6  # curves, confusion, accuracy vs time
+    broken = [i["alt"] for i in laptop["images"] if not (i["complete"] and i["natural_width"] > 0)]
+    assert not broken, f"figures that did not load: {broken}"
+    assert all(0 <= i["left"] and i["left"] + i["width"] <= laptop["viewport"] + 0.5
+               for i in laptop["images"]), "a figure is wider than the screen"
+    assert len(laptop["tables"]) == source.tables >= 4
+    assert all(t["rows"] >= 2 and t["right"] <= laptop["viewport"] + 0.5 for t in laptop["tables"])
+
+    # The whole page in one screenshot: every figure's box holds a drawn plot, not blank paper.
+    full_shot = tmp_path / "page.png"
+    full = _render(browser, page, 1366, laptop["page_height"], full_shot)
+    with Image.open(full_shot) as shot:
+        pixels = np.asarray(shot.convert("L"), dtype=np.float32)
+    assert pixels.shape[1] == 1366 and pixels.shape[0] >= full["page_height"] - 1
+    for img in full["images"]:
+        top, left = round(img["top"]), round(img["left"])
+        region = pixels[top : top + round(img["height"]), left : left + round(img["width"])]
+        assert region.size and region.std() > 10 and (region < 128).mean() > 0.002, (
+            f"the figure {img['alt']!r} is blank in the screenshot")
