@@ -16,7 +16,7 @@ from transferlab.errors import TransferlabError
 
 # Order is the order `transferlab --help` lists them in.
 COMMANDS = (
-    "data", "models", "predict", "train", "compare", "sweep", "evaluate", "export", "report",
+    "data", "models", "rank", "predict", "train", "compare", "sweep", "evaluate", "export", "report",
 )
 
 

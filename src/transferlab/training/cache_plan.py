@@ -76,11 +76,10 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
         load_arrays,
         save_arrays,
         save_streamed,
-        stable_hash,
     )
 
     c = run.config
-    frozen = _frozen_state_hash(run.model, tail)
+    frozen = feats.frozen_state_hash(run.model, tail)
     pre = run.model.pretrained_cfg
     info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0}
     root = _cache_root(run)
@@ -89,16 +88,13 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
     out: dict[str, Any] = {}
     shape: tuple[int, ...] | None = None
     for split in run.data:
-        key = stable_hash({
-            "kind": "features", "version": 1, "model": c.model, "frozen": frozen,
-            "boundary": stage.train, "data": run.dataset.fingerprint, "split": split,
-            "indices": feats.indices_hash(run.indices[split]),
-            "input_size": list(run.input_size), "mean": list(pre.mean), "std": list(pre.std),
-            "interpolation": pre.interpolation,
-            # Options that change the features but not the weights (pooling, padding) and
-            # the precision they were computed in.
-            "model_kwargs": run.model_kwargs(), "precision": run.precision.name,
-        })[:32]
+        # The same key function as `transferlab rank`, so the two share cached features.
+        key = feats.feature_cache_key(
+            model_name=c.model, frozen=frozen, boundary=stage.train,
+            fingerprint=run.dataset.fingerprint, split=split, indices=run.indices[split],
+            input_size=run.input_size, mean=pre.mean, std=pre.std,
+            interpolation=pre.interpolation, model_kwargs=run.model_kwargs(),
+            precision=run.precision.name)
         directory = feats.features_dir(root, key)
         loaded = load_arrays(directory, mmap_min) if run.ctx.is_main else None
         if run.ctx.is_main and loaded is None:
@@ -141,13 +137,6 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
         info["extract_images_per_s"] = info["extracted_images"] / max(info["extract_time_s"], 1e-9)
     info["features"] = out
     return info
-
-
-def _frozen_state_hash(model: nn.Module, tail: nn.Module) -> str:
-    """Hash of the model's weights outside the trainable tail (the frozen prefix's identity)."""
-    tail_ptrs = {t.data_ptr() for t in tail.state_dict().values()}
-    frozen = {k: v for k, v in model.state_dict().items() if v.data_ptr() not in tail_ptrs}
-    return feats.state_hash(frozen)
 
 
 __all__ = ["cache_plan", "cached_features"]

@@ -248,3 +248,42 @@ def activation_bytes(prefix: nn.Module, sample: torch.Tensor, num_images: int) -
 def features_dir(cache_root: Path, key: str) -> Path:
     """Directory of one cached feature set."""
     return Path(cache_root) / "features" / key
+
+
+def frozen_state_hash(model: nn.Module, tail: nn.Module) -> str:
+    """Hash of the model's weights outside the trainable tail (the frozen prefix's identity)."""
+    tail_ptrs = {t.data_ptr() for t in tail.state_dict().values()}
+    frozen = {k: v for k, v in model.state_dict().items() if v.data_ptr() not in tail_ptrs}
+    return state_hash(frozen)
+
+
+def feature_cache_key(*, model_name: str, frozen: str, boundary: str, fingerprint: str, split: str,
+                      indices: np.ndarray, input_size: tuple[int, int], mean: tuple[float, ...],
+                      std: tuple[float, ...], interpolation: str, model_kwargs: Mapping[str, object],
+                      precision: str) -> str:
+    """The cache key of one split's features: everything that changes them, and nothing else.
+
+    `transferlab train` and `transferlab rank` both key their caches with this function, so a
+    ranking's pooled features are reused by a later head stage with the same model, weights,
+    preprocessing and split indices (and the other way round).
+
+    Args:
+        model_name: the config's model name (registry name or timm:<name>).
+        frozen: `frozen_state_hash` of the model and its trainable tail.
+        boundary: the stage's `train` setting ("head" for pooled features).
+        fingerprint: the dataset's fingerprint.
+        split: "train", "val" or "test".
+        indices: indices of the split's images in the dataset's split they come from.
+        input_size, mean, std, interpolation: the preprocessing.
+        model_kwargs: create_model kwargs that rebuild the architecture (pooling, padding options
+            change the features but not the weights).
+        precision: the extraction precision's name (fp32, bf16, fp16).
+    """
+    from transferlab.data.cache import stable_hash
+
+    return stable_hash({
+        "kind": "features", "version": 1, "model": model_name, "frozen": frozen,
+        "boundary": boundary, "data": fingerprint, "split": split, "indices": indices_hash(indices),
+        "input_size": list(input_size), "mean": list(mean), "std": list(std),
+        "interpolation": interpolation, "model_kwargs": dict(model_kwargs), "precision": precision,
+    })[:32]

@@ -1,0 +1,84 @@
+"""`transferlab rank` end to end on synthetic data with a weights folder made in the test."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from transferlab.cli import main
+from transferlab.models import create_model, save_weights
+
+DATA = "synthetic:classes=4,train=60,test=12,size=16,seed=0"
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with one benchmark-CNN weights file (metadata architecture transferlab:benchmark_cnn)."""
+    folder = tmp_path_factory.mktemp("weights")
+    save_weights(create_model("benchmark_cnn", num_classes=4), folder / "bcnn.safetensors")
+    return folder
+
+
+def rank_args(tmp_path: Path, weights_dir: Path, *extra: str) -> list[str]:
+    return ["rank", "--dataset", DATA, "--data-root", str(tmp_path / "data"), "--weights-dir",
+            str(weights_dir), "--max-images", "200", "--input-size", "32", "--quiet", *extra]
+
+
+def test_rank_writes_table_files_and_skips_models_without_weights(tmp_path, weights_dir, capsys):
+    out = tmp_path / "rank"
+    assert main(rank_args(tmp_path, weights_dir, "--models", "benchmark_cnn,resnet50",
+                          "--out", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "skipped resnet50: no weights for resnet50" in printed
+    assert "LogME" in printed and "benchmark_cnn" in printed
+    payload = json.loads((out / "rank.json").read_text())
+    [record] = payload["candidates"]
+    assert record["model"] == "benchmark_cnn" and record["rank"] == 1
+    assert record["input_size"] == [32, 32]
+    assert 0.0 <= record["probe_val_acc1"] <= 1.0 and record["extract_images_per_s"] > 0
+    assert payload["images_train"] + payload["images_val"] == 60  # fewer images than --max-images
+    assert [s["model"] for s in payload["skipped"]] == ["resnet50"]
+    rows = list(csv.DictReader((out / "rank.csv").open()))
+    assert rows[0]["model"] == "benchmark_cnn"
+    assert (out / "rank.png").stat().st_size > 1000
+
+
+def test_rank_features_are_the_cache_a_training_run_reads(tmp_path, weights_dir, capsys):
+    """rank, then train the same model on the same split: train extracts only the test split."""
+    assert main(rank_args(tmp_path, weights_dir, "--models", "benchmark_cnn",
+                          "--out", str(tmp_path / "rank"))) == 0
+    payload = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    capsys.readouterr()
+    assert main(["train", "--dataset", DATA, "--data-root", str(tmp_path / "data"), "--model",
+                 "benchmark_cnn", "--pretrained", "--weights-dir", str(weights_dir), "--input-size",
+                 "32", "--val-fraction", str(payload["val_fraction"]), "--train-fraction",
+                 str(payload["train_fraction"]), "--out-dir", str(tmp_path / "runs"), "--run-name", "r",
+                 "--quiet", "--set", "stages.0.train=head", "--set", "stages.0.epochs=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "extracted test features" in printed
+    assert "extracted train features" not in printed and "extracted val features" not in printed
+    # ... and a second ranking reads the cache too.
+    assert main(rank_args(tmp_path, weights_dir, "--models", "benchmark_cnn",
+                          "--out", str(tmp_path / "rank2"))) == 0
+    assert "features from the cache" in capsys.readouterr().out
+    again = json.loads((tmp_path / "rank2" / "rank.json").read_text())
+    assert again["candidates"][0]["logme"] == pytest.approx(payload["candidates"][0]["logme"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--models", "no_such_net"], "unknown model 'no_such_net'"),
+    (["--models", "resnet50"], "no candidate has pretrained weights"),
+    (["--models", "benchmark_cnn,benchmark_cnn"], "twice"),
+    (["--models", "benchmark_cnn", "--max-images", "5"], "too few"),
+])
+def test_rank_errors_name_the_problem(tmp_path, weights_dir, capsys, extra, message):
+    assert main(rank_args(tmp_path, weights_dir, "--out", str(tmp_path / "r"), *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rank_needs_weights_dir_or_pretrained(tmp_path, capsys):
+    assert main(["rank", "--dataset", DATA, "--models", "mobilenet_v2", "--out", str(tmp_path)]) == 2
+    assert "--weights-dir DIR" in capsys.readouterr().err
