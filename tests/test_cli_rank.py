@@ -82,3 +82,39 @@ def test_rank_errors_name_the_problem(tmp_path, weights_dir, capsys, extra, mess
 def test_rank_needs_weights_dir_or_pretrained(tmp_path, capsys):
     assert main(["rank", "--dataset", DATA, "--models", "mobilenet_v2", "--out", str(tmp_path)]) == 2
     assert "--weights-dir DIR" in capsys.readouterr().err
+
+
+def test_compare_from_rank_fine_tunes_the_best_and_reports_the_rank_correlation(tmp_path, capsys):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    save_weights(create_model("benchmark_cnn", num_classes=4), weights / "bcnn.safetensors")
+    save_weights(create_model("mobilenet_v2_paper", num_classes=4, width_mult=0.25, cifar_stem=True),
+                 weights / "mnv2.safetensors")
+    rank = tmp_path / "rank"
+    assert main(rank_args(tmp_path, weights, "--models", "benchmark_cnn,mobilenet_v2_paper",
+                          "--out", str(rank))) == 0
+    payload = json.loads((rank / "rank.json").read_text())
+    best = payload["candidates"][0]["model"]
+    out = tmp_path / "cmp"
+    assert main(["compare", "--from-rank", str(rank), "--top", "1", "--out", str(out),
+                 "--set", "stages.0.epochs=1", "--set", "batch_size=16", "--quiet"]) == 0
+    assert [p.name for p in out.iterdir() if (p / "summary.json").is_file()] == [best]
+    # Both, then: the report pairs each LogME with its fine-tuned accuracy.
+    assert main(["compare", "--from-rank", str(rank), "--top", "5", "--out", str(out),
+                 "--set", "stages.0.epochs=1", "--set", "batch_size=16", "--quiet"]) == 0
+    assert "the ranking has 2 candidate(s)" in capsys.readouterr().out
+    report = (out / "REPORT.md").read_text()
+    assert "Ranking before fine-tuning" in report and "Kendall's tau" in report
+    config = (out / "compare.yaml").read_text()
+    assert f"val_fraction: {payload['val_fraction']}" in config and "bcnn.safetensors" in config
+    summary = json.loads((out / best / "summary.json").read_text())
+    assert summary["input_size"] == [32, 32]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from-rank", "nowhere"], "rank.json not found"),
+    (["--config", "configs/quick.yaml", "--top", "2"], "use it with --from-rank"),
+])
+def test_compare_from_rank_errors(tmp_path, capsys, args, message):
+    assert main(["compare", *args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.compare import load_compare_config, run_compare
+from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
 SHARED_FLAGS = (
@@ -51,8 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "write comparison.json/.csv, REPORT.md and report.html. Finished models are skipped on "
         "a re-run and an interrupted one is resumed.",
     )
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, metavar="FILE",
                         help="compare config (e.g. configs/quick.yaml)")
+    source.add_argument("--from-rank", type=Path, metavar="RANK_DIR",
+                        help="fine-tune the --top best backbones of a `transferlab rank` folder, "
+                        "on the images they were ranked on, with the default recipe (--set changes it)")
+    parser.add_argument("--top", type=int, default=None, metavar="K",
+                        help="with --from-rank: how many of the best-ranked backbones (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="comparison folder")
     parser.add_argument("--seeds", type=int, default=1,
                         help="runs per model with seeds seed, seed+1, ... (mean and std reported)")
@@ -65,7 +72,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Train the comparison and print where it went."""
-    config = load_compare_config(args.config)
+    if args.from_rank is not None:
+        if args.weights_dir is not None:
+            raise TransferlabError("--from-rank uses the weights the ranking scored; drop --weights-dir")
+        from transferlab.ranking.to_compare import compare_config_from_rank
+
+        config = compare_config_from_rank(args.from_rank, args.top or 3, out_dir=args.out)
+    else:
+        if args.top is not None:
+            raise TransferlabError("--top picks models of a ranking; use it with --from-rank RANK_DIR")
+        config = load_compare_config(args.config)
     finished = run_compare(config, args.out, seeds=args.seeds, overrides=shared_overrides(args),
                            sets=args.sets, only=args.only)
     out = Path(args.out)

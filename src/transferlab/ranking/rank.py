@@ -360,7 +360,7 @@ def write_rank(payload: dict[str, Any], out_dir: Path) -> None:
 def load_rank(rank_dir: str | Path) -> dict[str, Any]:
     """Read RANK_DIR/rank.json (or the file itself)."""
     path = Path(rank_dir)
-    path = path / RANK_FILE if path.is_dir() else path
+    path = path if path.suffix == ".json" else path / RANK_FILE
     if not path.is_file():
         raise TransferlabError(f"{path} not found; pass the --out folder of `transferlab rank`")
     try:

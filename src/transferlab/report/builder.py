@@ -27,6 +27,7 @@ from transferlab.report.document import (
     to_html,
     to_markdown,
 )
+from transferlab.report.ranking import find_rank, ranking_section
 from transferlab.report.tables import (
     COMPARISON_HEADERS,
     comparison_rows,
@@ -303,6 +304,9 @@ def build_document(
                      + ", ".join(f"`{r.path}`" for r in g.runs) for g in groups]))
     records = comparison_records(groups, labels)
     _comparison_section(doc, records, fig_dir)
+    rank = find_rank([Path(out_dir), *run_paths])  # a comparison made by `compare --from-rank`
+    if rank is not None:
+        ranking_section(doc, rank, records)
     _reference_section(doc)
     _curves_section(doc, groups, labels, fig_dir)
     _evaluation_section(doc, groups, labels, fig_dir)
