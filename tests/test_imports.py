@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("transferlab.training", "transferlab.config", "transferlab.predict",
                   "transferlab.export")),
     ("results", ("transferlab.results",)),
-    ("compare/sweep", ("transferlab.compare", "transferlab.sweep")),
+    ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking")),
     ("report", ("transferlab.report", "transferlab.evaluation")),
     ("commands", ("transferlab.commands", "transferlab.cli", "transferlab.__main__")),
 )

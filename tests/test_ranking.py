@@ -9,7 +9,7 @@ import pytest
 
 from transferlab.data import make_splits
 from transferlab.errors import TransferlabError
-from transferlab.evaluation import kendall_tau
+from transferlab.results.ranking import kendall_tau
 from transferlab.ranking import linear_probe, log_evidence, logme, subset_fractions
 from transferlab.ranking.logme import _spectrum, maximize_evidence
 from transferlab.ranking.rank import auto_input_size

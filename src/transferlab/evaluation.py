@@ -123,26 +123,6 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
-def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's tau-b rank correlation of two paired sequences (ties counted as in tau-b).
-
-    tau_b = (concordant - discordant) / sqrt((n0 - ties_a) (n0 - ties_b)) over the
-    n0 = n (n - 1) / 2 pairs (Kendall, 1945); 1 = same order, -1 = reversed. Returns NaN when
-    either sequence is constant or has fewer than two values. O(n^2): meant for a few dozen models.
-    """
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"kendall_tau needs two sequences of equal length, got {x.shape} and {y.shape}")
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    n0 = len(i)
-    untied_x, untied_y = int(np.count_nonzero(dx)), int(np.count_nonzero(dy))
-    if n0 == 0 or untied_x == 0 or untied_y == 0:
-        return float("nan")
-    return float(np.sum(dx * dy) / np.sqrt(untied_x * untied_y))
-
-
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts of (true, predicted) pairs: rows are true classes, columns predicted classes."""
     labels = np.asarray(labels, dtype=np.int64)

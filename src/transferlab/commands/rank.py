@@ -16,7 +16,8 @@ from pathlib import Path
 from transferlab.commands._common import add_dataset_args
 from transferlab.errors import TransferlabError
 from transferlab.ranking import RankOptions, format_table, rank_models, resolve_candidates
-from transferlab.ranking.rank import DEFAULT_MAX_IMAGES, RANK_CSV, RANK_FIGURE, RANK_FILE
+from transferlab.ranking.rank import DEFAULT_MAX_IMAGES, RANK_CSV, RANK_FIGURE
+from transferlab.results.ranking import RANK_FILE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -6,14 +6,8 @@
 from transferlab.ranking.candidates import Candidate, Skipped, default_models, resolve_candidates
 from transferlab.ranking.logme import log_evidence, logme
 from transferlab.ranking.probe import ProbeResult, linear_probe
-from transferlab.ranking.rank import (
-    RANK_FILE,
-    RankOptions,
-    format_table,
-    load_rank,
-    rank_models,
-    subset_fractions,
-)
+from transferlab.ranking.rank import RankOptions, format_table, rank_models, subset_fractions
+from transferlab.results.ranking import RANK_FILE, load_rank
 
 __all__ = [
     "RANK_FILE",

@@ -37,8 +37,8 @@ from transferlab.io import atomic_write_text
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
+from transferlab.results.ranking import RANK_FILE, kendall_tau
 
-RANK_FILE = "rank.json"
 RANK_CSV = "rank.csv"
 RANK_FIGURE = "rank.png"
 PROBE_FRACTION = 0.2  # share of the subset held out to score the linear probe
@@ -252,7 +252,6 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
         The rank.json payload (records sorted by LogME, best first).
     """
     from transferlab.data import load_dataset, make_splits
-    from transferlab.evaluation import kendall_tau
     from transferlab.training.device import library_versions, select_device
 
     skipped = list(skipped)
@@ -355,18 +354,3 @@ def write_rank(payload: dict[str, Any], out_dir: Path) -> None:
     from transferlab.ranking.figure import plot_rank
 
     plot_rank(payload, out_dir / RANK_FIGURE)
-
-
-def load_rank(rank_dir: str | Path) -> dict[str, Any]:
-    """Read RANK_DIR/rank.json (or the file itself)."""
-    path = Path(rank_dir)
-    path = path if path.suffix == ".json" else path / RANK_FILE
-    if not path.is_file():
-        raise TransferlabError(f"{path} not found; pass the --out folder of `transferlab rank`")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise TransferlabError(f"{path} is not valid JSON ({err}); rerun `transferlab rank`") from err
-    if not isinstance(payload, dict) or not payload.get("candidates"):
-        raise TransferlabError(f"{path} holds no ranked candidates; rerun `transferlab rank`")
-    return payload

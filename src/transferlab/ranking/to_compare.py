@@ -21,7 +21,7 @@ import yaml
 from transferlab.compare import CompareConfig, parse_compare_config
 from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text
-from transferlab.ranking.rank import RANK_FILE, load_rank
+from transferlab.results.ranking import RANK_FILE, load_rank
 
 
 def entry_name(model: str) -> str:

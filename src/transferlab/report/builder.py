@@ -27,7 +27,7 @@ from transferlab.report.document import (
     to_html,
     to_markdown,
 )
-from transferlab.report.ranking import find_rank, ranking_section
+from transferlab.report.ranking import ranking_section
 from transferlab.report.tables import (
     COMPARISON_HEADERS,
     comparison_rows,
@@ -35,6 +35,7 @@ from transferlab.report.tables import (
     fmt_seconds,
 )
 from transferlab.results.comparison import comparison_records
+from transferlab.results.ranking import find_rank
 from transferlab.results.reference import (
     PUBLISHED_CIFAR100,
     PUBLISHED_CIFAR100_SOURCES,
