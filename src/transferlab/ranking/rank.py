@@ -165,7 +165,7 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
     loaded = {split: load_arrays(d) for split, d in dirs.items()}
     train = dataset["train"]
     order = np.concatenate(list(splits.values()))
-    images = torch.from_numpy(np.ascontiguousarray(train.images[order]))
+    images = train.rows(order)  # gathered batch by batch: a memory-mapped split is never copied
     labels = torch.from_numpy(np.asarray(train.labels[order], dtype=np.int64))
     batches = Batches(images, labels, options.batch_size, transform=prepared.transform, device=device,
                       channels_last=True)
@@ -178,7 +178,7 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
                        cached=True)
         else:  # written by a training run, which records no rate: time a few batches now
             n = min(len(images), TIMING_BATCHES * options.batch_size)
-            timed = Batches(images[:n], labels[:n], options.batch_size, transform=prepared.transform,
+            timed = Batches(train.rows(order[:n]), labels[:n], options.batch_size, transform=prepared.transform,
                             device=device, channels_last=True)
             _, seconds, backend = feats.extract(prefix, timed, backend="eager", num_images=n,
                                                 precision=precision, quiet=True, log=log)
