@@ -76,13 +76,13 @@ class Budget:
     extract_backend: dict[str, str]  # feature-extraction backend of the extraction rows, per preset
 
 
-# "auto" extraction compiles on the CPU (what `transferlab train` does for a 45,000-image split):
-# tens of seconds per backbone, so only the study preset's rows pay for it.
+# "auto" extraction is what `transferlab train` does for a 45,000-image split: on the CPU, ONNX
+# Runtime on the exported prefix (a few seconds of set-up; features.auto_backend).
 FULL = Budget(("study", "quick"), warmup=2, repeats=5, extract_repeats=3,
               head_images={"study": 128, "quick": 256}, pipeline_repeats=10, decode_images=2000,
-              peak_n=4096, extract_backend={"study": "auto", "quick": "eager"})
+              peak_n=4096, extract_backend={"study": "auto", "quick": "auto"})
 QUICK = Budget(("quick",), warmup=1, repeats=3, extract_repeats=2, head_images={"quick": 128},
-               pipeline_repeats=5, decode_images=500, peak_n=2048, extract_backend={"quick": "eager"})
+               pipeline_repeats=5, decode_images=500, peak_n=2048, extract_backend={"quick": "auto"})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,9 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of preset configs")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="markdown report to write")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow peer")
-    p.add_argument("--extract-backend", choices=("auto", "eager", "compile"), default=None,
-                   help="feature-extraction backend of the extraction rows (default: auto for the "
-                        "study preset, eager for the quick preset)")
+    p.add_argument("--extract-backend", choices=("auto", "eager", "compile", "onnxruntime"), default=None,
+                   help="feature-extraction backend of the extraction rows (default: auto, what "
+                        "`transferlab train` picks)")
     return p.parse_args(argv)
 
 
@@ -308,6 +308,13 @@ def build_rows(ctx: dict[str, Any]) -> list[Row]:
                             fraction(flops, theirs, peak),
                             join_notes(errors.get(f"extract {name} {work.model}", ""), why,
                                        f"{flops / 1e9:.3g} GFLOP/img" if flops else "")))
+            peer = res.get("onnxruntime_peer") if res else None
+            if peer:
+                rows.append(Row(SECTIONS["extract"], f"{work.model} vs plain ONNX Runtime",
+                                f"{name}: {work.input_size}px, batch {work.batch}{backend} [{source}]",
+                                "img/s", peer["ours"], peer["theirs"], True, 0.9,
+                                note="peer: onnxruntime.InferenceSession with its defaults on the same "
+                                     "exported prefix; median of 3 interleaved rounds"))
     # Data pipeline
     fastest = None
     for name, preset in all_presets.items():

@@ -7,13 +7,15 @@ Every figure runs the library's own path, not a hand-tuned copy of it:
   hook sees the running total after every step);
 * the head stage: `features.split_model` + `features.extract` (the frozen-feature path of
   `transferlab train`), then `train_one_epoch` on the cached features for every epoch;
-* feature extraction: `features.make_extractor` with the backend `transferlab train` would pick;
+* feature extraction: `features.make_extractor` with the backend `transferlab train` would pick,
+  and on the CPU against a plain ONNX Runtime session on the same exported prefix;
 * the data pipeline: `Batches` + `BatchTransform` (gather, augment, resize, normalise) and the
   folder loader's JPEG decoding.
 """
 
 from __future__ import annotations
 
+import statistics
 import tarfile
 import tempfile
 import time
@@ -174,8 +176,8 @@ def extraction(work: Workload, images: np.ndarray, device: torch.device, *, back
     """Throughput of the frozen backbone + pooling through `features.make_extractor`.
 
     Args:
-        backend: "auto" (what `transferlab train` picks for `num_images` images), "eager" or
-            "compile".
+        backend: "auto" (what `transferlab train` picks for `num_images` images), "eager",
+            "compile" or "onnxruntime".
         num_images: the split size the choice is made for.
 
     Returns:
@@ -200,7 +202,44 @@ def extraction(work: Workload, images: np.ndarray, device: torch.device, *, back
     timing = time_steps(step, warmup=warmup, repeats=repeats, items_per_call=work.batch,
                         sync=synchronizer(device))
     flops = flops_per_image(prefix, sample[:2], train=False)
-    return {"timing": timing, "backend": used, "setup_s": setup, "flops_per_image": flops}
+    result = {"timing": timing, "backend": used, "setup_s": setup, "flops_per_image": flops}
+    if device.type == "cpu":
+        result["onnxruntime_peer"] = _against_plain_onnxruntime(prefix, sample, step, work.batch,
+                                                                repeats=repeats)
+    return result
+
+
+def _against_plain_onnxruntime(prefix: torch.nn.Module, sample: torch.Tensor, step, batch: int, *,
+                               repeats: int, rounds: int = 3) -> dict:
+    """transferlab's extractor against a plain ONNX Runtime session on the same exported graph.
+
+    The peer is what a user gets from ONNX Runtime with its defaults: an `InferenceSession` on the
+    exported prefix fed a ready C-contiguous array. Rates are medians of `rounds` interleaved
+    rounds of `repeats` batches each (ratios near 1 swing with the machine's load otherwise).
+
+    Returns:
+        {"ours": img/s, "theirs": img/s, "ours_rounds": [...], "theirs_rounds": [...]}
+    """
+    import onnxruntime as ort
+
+    from transferlab.models.onnx_io import export_onnx
+
+    with torch.no_grad():
+        proto = export_onnx(prefix, sample[:2].contiguous(), exporters=("torchscript", "dynamo"))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = sample.contiguous().numpy()
+
+    def plain() -> None:
+        session.run(None, {name: x})
+
+    ours, theirs = [], []
+    plain()  # first run allocates
+    for _ in range(rounds):
+        ours.append(time_steps(step, warmup=0, repeats=repeats, items_per_call=batch).rate)
+        theirs.append(time_steps(plain, warmup=0, repeats=repeats, items_per_call=batch).rate)
+    return {"ours": statistics.median(ours), "theirs": statistics.median(theirs),
+            "ours_rounds": ours, "theirs_rounds": theirs}
 
 
 def head_stage(work: Workload, images: np.ndarray, labels: np.ndarray, device: torch.device, *,

@@ -54,7 +54,7 @@ SCHEDULES = ("none", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_acc1")
 CACHE_MODES = ("auto", "true", "false")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-EXTRACT_BACKENDS = ("auto", "eager", "compile")
+EXTRACT_BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 
 @dataclass
@@ -129,7 +129,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 if supported else fp16 on CUDA, off elsewhere) | off | bf16 | fp16
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
     compile: bool = False  # torch.compile the trained model (CUDA mainly)
-    extract_backend: str = "auto"  # frozen-feature extraction: auto | eager | compile
+    extract_backend: str = "auto"  # frozen-feature extraction: auto | eager | compile | onnxruntime (CPU)
     cache_memory_gb: float = 4.0  # largest cached activation set held for a freeze boundary (GiB)
     checkpoint_every: int = 0  # also write last.pt every N optimiser steps (0 = at epoch ends only)
     quiet: bool = False  # no progress bars (CI)

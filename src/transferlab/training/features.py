@@ -20,9 +20,10 @@ Fast extraction on the CPU: measured on MobileNetV2 at 128 px on 2 shared cores 
 ~40 img/s, eager channels_last ~65 img/s, ``torch.jit.freeze`` + ``optimize_for_inference`` no
 better than channels_last, bf16 autocast is off by ~10% of the output scale (not correct), and
 ``torch.compile`` with inductor weight freezing ~235 img/s (max abs difference 4e-5 from eager;
-one-time compile 15-70 s). ``extract_backend: auto`` therefore compiles on the CPU for large
-splits, checks the first batch against eager and falls back to eager (with a warning) when
-compilation fails or disagrees.
+one-time compile 15-70 s). ONNX Runtime's CPU session on the exported prefix is faster still and
+ready in a few seconds: see ``auto_backend`` for the measurements behind the ``auto`` rule. Every
+fast path is checked against eager on a batch first and falls back to eager (with a warning and
+the reason in the run's log) when it cannot be built or disagrees.
 """
 
 from __future__ import annotations
@@ -41,10 +42,14 @@ from tqdm.auto import tqdm
 from transferlab.errors import TransferlabError
 from transferlab.training.device import Precision
 
-# Below this many images, compiling (tens of seconds on two cores) costs more than it saves.
-COMPILE_MIN_IMAGES = 4000
-# Largest allowed |compiled - eager| relative to the eager outputs' scale.
-COMPILE_RTOL = 1e-3
+EXTRACT_BACKENDS = ("eager", "compile", "onnxruntime")  # what make_extractor can build
+# Largest allowed |fast path - eager| relative to the eager outputs' scale (their largest
+# magnitude). Inductor reorders float sums more freely (measured 4e-5 at MobileNetV2's scale);
+# ONNX Runtime measured below 1e-5 (models/onnx_io.py).
+TOLERANCES = {"compile": 1e-3, "onnxruntime": 1e-4}
+CHECK_IMAGES = 16  # images in ONNX Runtime's check batch
+# Below this many images, auto extracts eagerly: ONNX export + session set-up cost more than it saves.
+ONNXRUNTIME_MIN_IMAGES = 256
 
 
 class PrefixModule(nn.Module):
@@ -122,15 +127,69 @@ def indices_hash(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
+def auto_backend(device: torch.device, num_images: int) -> str:
+    """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU unless the split is tiny.
+
+    Measured with `python bench/extract_backends.py --repeats 3 --batch 32 --batches 2` (random
+    weights, float32, 2 threads; median of 3 interleaved repeats, compile's set-up from the first
+    repeat only). The machine was shared and busy (load average 7-9 on 2 cores), which slows eager
+    most, so the ratios are larger than on a quiet machine; the order never changed. Set-up
+    includes the check against eager:
+
+        model, size, boundary         eager img/s  onnxruntime: set-up, img/s   compile: set-up, img/s
+        mobilenet_v2 96 px, pooled         8.1        7.4 s, 106                 82 s,  44
+        mobilenet_v2 96 px, blocks.5      24.5        3.9 s, 191                 16 s,  57
+        mobilenet_v2 224 px, pooled        5.1        7.8 s,  52                 25 s,  19
+        inception_v3 75 px, pooled         6.9        6.7 s,  79                101 s,  20
+
+    ONNX Runtime beats eager and compile at every input size and boundary measured, so the size
+    does not enter the rule; it pays for its set-up above 44-109 images here. On a quiet machine
+    eager is relatively faster and the break-even moves up (a few hundred images by the quiet
+    rates in bench/RESULTS.md), but a wrong "onnxruntime" costs at most its few seconds of set-up
+    while a wrong "eager" costs a slow pass over the whole split: the threshold sits low. On CUDA
+    the prefix runs eagerly (ONNX Runtime's CPU provider does not apply; compile is not measured
+    on GPUs here).
+    """
+    if device.type != "cpu":
+        return "eager"  # ONNX Runtime runs here on the CPU provider only; compile is not measured on GPUs
+    return "onnxruntime" if num_images >= ONNXRUNTIME_MIN_IMAGES else "eager"
+
+
+def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prefix exported to ONNX and run by an ONNX Runtime CPU session (all cores, all graph
+    optimisations); raises on any failure."""
+    from transferlab.models.onnx_io import export_onnx, ort_session
+
+    if sample.device.type != "cpu":
+        raise RuntimeError(f"ONNX Runtime's CPU provider needs CPU inputs; this run is on {sample.device}")
+    # Export outside inference mode (tracing refuses inference tensors); the fast exporter first:
+    # it is paid on every run (see models/onnx_io.py).
+    with torch.inference_mode(False), torch.no_grad():
+        example = sample[:2].clone().contiguous()
+        proto = export_onnx(prefix, example, exporters=("torchscript", "dynamo"))
+    session = ort_session(proto.SerializeToString())
+    input_name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # ONNX Runtime reads C-contiguous NCHW; a channels-last batch is copied once here.
+        return torch.from_numpy(session.run(None, {input_name: x.contiguous().numpy()})[0])
+
+    return run
+
+
 def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_images: int,
                    log: Callable[[str], None] = print) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Choose the fastest correct way to run the frozen prefix.
 
+    A compiled or ONNX Runtime path is checked against eager on `sample` first; when it cannot be
+    built or disagrees beyond its tolerance (`TOLERANCES`, relative to the largest eager output),
+    extraction falls back to eager and the reason is logged and warned.
+
     Args:
         prefix: frozen module in eval mode.
-        backend: "auto", "eager" or "compile".
-        sample: one preprocessed input batch, used to check a compiled path against eager.
-        num_images: how many images will be extracted (auto compiles only when it pays).
+        backend: one of EXTRACT_BACKENDS ("auto" picks with `auto_backend`).
+        sample: one preprocessed input batch, used to check a fast path against eager.
+        num_images: how many images will be extracted (auto uses a fast path only when it pays).
         log: where the choice and any fallback are reported.
 
     Returns:
@@ -138,12 +197,17 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
     """
     device = sample.device
     if backend == "auto":
-        backend = "compile" if device.type == "cpu" and num_images >= COMPILE_MIN_IMAGES else "eager"
+        backend = auto_backend(device, num_images)
+    if backend not in EXTRACT_BACKENDS:
+        raise TransferlabError(f"extract_backend={backend!r}; use {', '.join(EXTRACT_BACKENDS)}")
     eager = prefix
     if backend == "eager":
         return eager, "eager"
+    # A compiled graph is specialised to the batch shape, so it is checked on the whole batch;
+    # ONNX Runtime's batch axis is dynamic, and a smaller check batch halves its set-up time.
+    check = sample if backend == "compile" else sample[:CHECK_IMAGES]
     with torch.inference_mode():
-        reference = eager(sample).float()
+        reference = eager(check).float()
     try:
         start = time.perf_counter()
         if backend == "compile":
@@ -156,22 +220,22 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
                 with inductor_config.patch(freezing=True):
                     return compiled(x)
         else:
-            raise TransferlabError(f"extract_backend={backend!r}; use auto, eager or compile")
+            fast = _onnxruntime(prefix, sample)
         with torch.inference_mode():
-            out = fast(sample).float()
+            out = fast(check).float()
         error = (out - reference).abs().max().item()
         scale = reference.abs().max().item() or 1.0
-        if not error <= COMPILE_RTOL * scale:
-            raise RuntimeError(f"outputs differ from eager by {error:.3g} (scale {scale:.3g})")
+        if not error <= TOLERANCES[backend] * scale:
+            raise RuntimeError(f"outputs differ from eager by {error:.3g}, more than "
+                               f"{TOLERANCES[backend]:g} x the output scale {scale:.3g}")
         log(f"feature extraction: {backend} ready in {time.perf_counter() - start:.1f} s "
             f"(max difference from eager {error:.2g})")
         return fast, backend
-    except TransferlabError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any compiler failure means: use eager
-        warnings.warn(f"feature extraction: {backend} failed ({type(err).__name__}: {err}); "
+    except Exception as err:  # noqa: BLE001 - any compiler or exporter failure means: use eager
+        reason = f"{type(err).__name__}: {str(err)[:500]}"
+        warnings.warn(f"feature extraction: {backend} failed ({reason}); "
                       "falling back to eager PyTorch (slower, same results)", stacklevel=2)
-        log(f"feature extraction: {backend} failed, falling back to eager")
+        log(f"feature extraction: {backend} failed ({reason}); falling back to eager")
         return eager, "eager"
 
 
@@ -212,7 +276,7 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
             full = len(x)
             start = time.perf_counter()  # report the extraction rate without the compile time
         n = len(x)
-        if used != "eager" and n < full:
+        if used == "compile" and n < full:
             # A compiled graph is specialised to one batch shape: pad the last batch rather than
             # recompile for it (tens of seconds on the CPU).
             channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
