@@ -65,15 +65,18 @@ def test_auto_choice() -> None:
     assert feats.auto_backend(cuda, 50_000) == "eager"
 
 
-def test_a_run_extracts_with_onnxruntime(tmp_path: Path) -> None:
+def test_a_run_extracts_every_split_with_one_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from transferlab.config import config_from_dict
     from transferlab.training import train_run
 
     config = config_from_dict({
         "run_name": "run", "out_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
         "dataset": "synthetic:classes=4,train=32,test=8,size=8", "val_fraction": 0.25,
-        "batch_size": 8, "quiet": True, "extract_backend": "onnxruntime", "model": "benchmark_cnn",
+        "batch_size": 8, "quiet": False, "extract_backend": "onnxruntime", "model": "benchmark_cnn",
         "stages": [{"name": "h", "train": "head", "epochs": 1, "lr": 3e-3}],
     })
     summary = json.loads((train_run(config) / "summary.json").read_text())
     assert summary["stages"]["h"]["backend"] == "onnxruntime"
+    out = capsys.readouterr().out
+    assert out.count("onnxruntime ready") == 1  # exported once, used for all three splits
+    assert out.count("img/s, onnxruntime)") == 3

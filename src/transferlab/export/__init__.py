@@ -86,10 +86,10 @@ def export_run(
     if opset is not None and fmt != "onnx":
         raise TransferlabError("--opset applies to --format onnx only; drop it")
     source = checkpoint_path(run)
-    model = load_checkpoint_model(source).eval()
     path = Path(out).expanduser() if out is not None else source.parent / DEFAULT_NAMES[fmt]
     if path.is_dir():
         raise TransferlabError(f"--out {path} is a folder; give a file name, e.g. {path / DEFAULT_NAMES[fmt]}")
+    model = load_checkpoint_model(source).eval()
     if fmt == "safetensors":
         layout = write_safetensors(model, path, str(source))
         return ExportResult(path, fmt, model, layout.max_abs_diff, layout)

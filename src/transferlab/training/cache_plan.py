@@ -87,6 +87,10 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
     mmap_min = int(min(MMAP_MIN_BYTES, c.cache_memory_gb * 2**30))
     out: dict[str, Any] = {}
     shape: tuple[int, ...] | None = None
+    # One extractor for every split, chosen for all their images: the export or compile is paid
+    # once, and a small test split is not extracted eagerly after a fast path was built for train.
+    reuse: dict[str, Any] = {}
+    total = sum(len(run.data[split][1]) for split in run.data)
     for split in run.data:
         # The same key function as `transferlab rank`, so the two share cached features.
         key = feats.feature_cache_key(
@@ -102,8 +106,8 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
             n = len(run.data[split][1])
             if shape is None:
                 shape = feats.output_shape(prefix, next(iter(run.image_batches(split, 1)))[0])
-            kwargs = dict(backend=c.extract_backend, num_images=n, precision=run.precision,
-                          desc=f"extract {split}", quiet=c.quiet, log=run.log)
+            kwargs = dict(backend=c.extract_backend, num_images=total, precision=run.precision,
+                          desc=f"extract {split}", quiet=c.quiet, log=run.log, reuse=reuse)
             if n * int(np.prod(shape)) * 4 > c.cache_memory_gb * 2**30:
                 # Too large for memory: each batch goes straight into a memory-mapped file,
                 # renamed into place whole, and mapped again below.

@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,20 +247,23 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
 def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_images: int,
             precision: Precision | None = None, desc: str = "extract", quiet: bool = False,
             log: Callable[[str], None] = print, out: np.ndarray | None = None,
-            ) -> tuple[torch.Tensor, float, str]:
+            reuse: dict[str, Any] | None = None) -> tuple[torch.Tensor, float, str]:
     """Run the frozen prefix over all batches.
 
     Args:
         prefix: frozen module (set to eval mode here).
         batches: iterable of (inputs, labels) in dataset order (a `Batches` without shuffling).
         backend: see `make_extractor`.
-        num_images: number of images (for the auto choice and the progress bar).
+        num_images: images the `auto` choice is made for (all splits' when they share `reuse`).
         precision: autocast settings of the run (mixed precision on CUDA), None = float32.
         desc: progress bar label.
         quiet: no progress bar.
         log: where notes go.
         out: a preallocated float32 (num_images, ...) array (e.g. a memory-mapped .npy) to write
             the features into batch by batch instead of collecting them in memory.
+        reuse: a dict shared by the calls for several splits of one prefix: the first call stores
+            the extractor it built there and later calls use it, so an export or a compile (and
+            the auto choice, made for `num_images`) happens once for all splits.
 
     Returns:
         (float32 CPU features in input order, seconds, backend used); with `out`, the features
@@ -273,10 +277,14 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
     start = time.perf_counter()
     full = 0
     written = 0
+    if reuse:
+        extractor, used, full = reuse["extractor"], reuse["used"], reuse["full"]
     for x, _ in tqdm(batches, desc=desc, leave=False, disable=quiet, unit="batch"):
         if extractor is None:
             extractor, used = make_extractor(prefix, backend, x, num_images, log)
             full = len(x)
+            if reuse is not None:
+                reuse.update(extractor=extractor, used=used, full=full)
             start = time.perf_counter()  # report the extraction rate without the compile time
         n = len(x)
         if used == "compile" and n < full:
