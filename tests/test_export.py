@@ -236,3 +236,19 @@ def test_predict_on_onnx_refuses_another_model_name(cnn_onnx):
     with pytest.raises(TransferlabError, match="not mobilenet_v2; drop --model"):
         load_predict_model("mobilenet_v2", weights=cnn_onnx)
     assert predict_images(load_predict_model(None, weights=cnn_onnx), [], top=1) == []
+
+
+def test_predict_decodes_photos_as_training_does(tmp_path):
+    """A phone photo stored sideways with an EXIF orientation tag is predicted upright."""
+    from transferlab.predict import load_image
+
+    upright = np.zeros((20, 30, 3), dtype=np.uint8)
+    upright[:, :10] = 255  # white left third
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())  # stored rotated 90 degrees left
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    stored.save(path, exif=exif, quality=95)
+    pixels = np.asarray(load_image(path))
+    assert pixels.shape == (20, 30, 3)
+    assert pixels[:, :8].mean() > 200 and pixels[:, 12:].mean() < 50

@@ -129,10 +129,13 @@ def class_names(model: Predictor) -> list[str]:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; TransferlabError if the file is missing or not an image."""
+    """An upright RGB PIL image, decoded as the dataset loaders decode (EXIF orientation applied,
+    transparency on white, 16-bit scaled); TransferlabError if the file is missing or not an image."""
+    from transferlab.data.images import to_rgb
+
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except FileNotFoundError as err:
         raise TransferlabError(f"image {path} not found; check the path") from err
     except (UnidentifiedImageError, OSError) as err:
