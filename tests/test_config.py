@@ -104,4 +104,4 @@ def test_cli_print_config(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_bad_augment_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--print-config", "--dataset", "synthetic", "--augment", "heavy"]) == 2
     err = capsys.readouterr().err
-    assert "augment='heavy'" in err and "standard" in err and "Traceback" not in err
+    assert "--augment: invalid choice: 'heavy'" in err and "standard" in err and "Traceback" not in err

@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a bad flag (2, message already printed)
+        return int(exit_.code or 0)
     try:
         return int(args.func(args) or 0)
     except TransferlabError as err:

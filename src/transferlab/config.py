@@ -13,12 +13,12 @@ YAML format (every key optional; unknown keys are an error)::
     labels: fine
     val_fraction: 0.1                # 0 = no validation set (early stopping is then disabled)
     model: inception_v3
-    pretrained: true
+    pretrained: true                 # no stages below would mean recipe auto: finetune (see recipes.py)
     weights: ../shared/weights/inception_v3.nsfwjs_partial_in1k.safetensors
     batch_size: 64                   # default batch size of every stage
     stages:
       - name: head
-        train: head                  # "head" | "all" | "from:<feature stage name>"
+        train: head                  # head | top | all | from:<feature stage name>
         optimizer: rmsprop           # Keras defaults: lr 1e-3, rho 0.9, eps 1e-7
         epochs: 5
       - name: finetune
@@ -39,6 +39,8 @@ Values are parsed as YAML scalars (`1e-3`, `true`, `null`, `[224, 224]`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import re
 import typing
 from dataclasses import dataclass, field
@@ -47,14 +49,21 @@ from typing import Any
 
 import yaml
 
+from transferlab.choices import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    CACHE_MODES,
+    EXTRACT_BACKENDS,
+    HEADS,
+    LABELS,
+    MONITORS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+)
 from transferlab.errors import TransferlabError
+from transferlab.recipes import CUSTOM, apply_recipe
 
-OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "step", "plateau")
-MONITORS = ("val_loss", "val_acc1")
-CACHE_MODES = ("auto", "true", "false")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-EXTRACT_BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 
 
 @dataclass
@@ -73,30 +82,27 @@ class StageConfig:
     """One training stage: what is trained, with which optimiser and schedule, for how long."""
 
     name: str = "train"  # unique stage name (metrics, checkpoints, summary["epochs"])
-    train: str = "all"  # "head" | "all" | "from:<feature stage name>" (train from that stage up)
+    train: str = "all"  # head | top (the backbone's last resolution up) | all | from:<feature stage name>
     optimizer: str = "rmsprop"  # rmsprop | sgd | adam | adamw
     lr: float = 1e-3  # peak learning rate
     momentum: float = 0.0  # SGD / RMSprop momentum
-    nesterov: bool = False  # SGD only
+    nesterov: bool = False  # Nesterov momentum (SGD with momentum > 0 only)
     weight_decay: float = 0.0  # L2 (sgd, rmsprop, adam) or decoupled (adamw)
     rho: float = 0.9  # RMSprop squared-gradient decay (Keras rho = torch alpha)
     eps: float = 1e-7  # optimiser epsilon; 1e-7 is the Keras default (torch's is 1e-8)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW moment decay rates (beta1, beta2)
     epochs: int = 1  # maximum epochs of this stage
     batch_size: int | None = None  # images per optimiser step (global); None = TrainConfig.batch_size
     schedule: str = "none"  # none | cosine | step | plateau
     warmup_epochs: float = 0.0  # linear warm-up from 0 to lr (epochs, stepped per batch)
-    min_lr: float = 0.0  # cosine floor
+    min_lr: float = 0.0  # cosine schedule: the learning rate it decays to
     step_epochs: int = 10  # step schedule: epochs between decays
     gamma: float = 0.1  # step / plateau decay factor
     plateau_patience: int = 2  # plateau schedule: epochs without val improvement before decaying
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    augment: str | None = None  # training augmentation of this stage; None = the run's augment
     cache_features: str = "auto"  # auto | true | false: train above a frozen part on cached outputs
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-
-
-def _default_stages() -> list[StageConfig]:
-    return [StageConfig()]
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # stop early (fields below)
 
 
 @dataclass
@@ -105,35 +111,36 @@ class TrainConfig:
 
     run_name: str = ""  # run directory name under out_dir; "" = "<model>-<UTC timestamp>"
     out_dir: str = "runs"  # parent folder of run directories
-    dataset: str = "cifar100"  # load_dataset spec: cifar100 | cifar10 | folder:PATH | synthetic:...
-    data_root: str | None = None  # dataset download/cache folder (None = the data layer's default)
-    cache_dir: str | None = None  # cached-feature folder (None = <data cache dir>/features)
-    labels: str = "fine"  # fine | coarse (CIFAR-100)
-    image_size: int | None = None  # decode size of the stored images (px); None = native
+    dataset: str = "cifar100"  # cifar100 | cifar10 | folder:PATH (directory, .tar(.gz) or .zip of train/ val/ test/ or class folders) | synthetic[:k=v,...]
+    data_root: str | None = None  # download and decoded-image cache folder (None = $TRANSFERLAB_DATA, else ~/.cache/transferlab)
+    cache_dir: str | None = None  # cached-feature folder (None = <data_root>/features)
+    labels: str = "fine"  # CIFAR-100 label set: fine (100 classes) | coarse (20 superclasses)
+    image_size: int | None = None  # store images at N x N px (shorter side to N, centre crop); None = native if all share one size, else from the input size
     workers: int = 0  # processes decoding an image folder on a cold cache; 0 = one per usable core
-    val_fraction: float = 0.1  # share of the training split held out for validation; 0 = none
+    val_fraction: float = 0.1  # share of train/ held out for validation (early stopping) unless the folder has val/ and test/; 0 = none
     train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
     split_seed: int = 0  # seed of the stratified train / val split
     seed: int = 0  # seed of initialisation, shuffling, augmentation and dropout
-    model: str = "benchmark_cnn"  # transferlab.models registry name
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
-    pretrained: bool = False  # load pretrained backbone weights
-    weights: str | None = None  # weights file (safetensors) or name; None = the model's default
-    weights_dir: str | None = None  # folder searched for weights files
-    head: str = "study"  # classifier head variant (create_model head=)
+    model: str = "benchmark_cnn"  # architecture: a name from `transferlab models`, or timm:<name>
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments (YAML mapping)
+    pretrained: bool = False  # load the model's pretrained weights (timm hub, or the file in weights_dir)
+    weights: str | None = None  # pretrained weights file (.safetensors, state dict or a run's best.pt); None = none unless pretrained
+    weights_dir: str | None = None  # folder searched for the model's weights file by its metadata (implies pretrained on `train`)
+    recipe: str = "auto"  # stages when none are given: auto | finetune | head | scratch (auto = finetune with pretrained weights, else scratch)
+    head: str = "auto"  # classifier head: auto (the recipe's: linear to fine-tune, else study) | study | linear
     input_size: int | None = None  # model input size (px, square); None = the model's default
-    augment: str = "none"  # none | study | standard | strong (BatchTransform augment=)
+    augment: str = "none"  # training augmentation: none | study | standard | strong | photo (stages may override)
     batch_size: int = 128  # default global batch size of every stage (images)
     eval_batch_size: int | None = None  # evaluation / extraction batch (images); None = 2 * batch_size
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     amp: str = "auto"  # auto (bf16 if supported else fp16 on CUDA, off elsewhere) | off | bf16 | fp16
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
     compile: bool = False  # torch.compile the trained model (CUDA mainly)
     extract_backend: str = "auto"  # frozen-feature extraction: auto | eager | compile | onnxruntime (CPU)
     cache_memory_gb: float = 4.0  # largest cached activation set held for a freeze boundary (GiB)
     checkpoint_every: int = 0  # also write last.pt every N optimiser steps (0 = at epoch ends only)
-    quiet: bool = False  # no progress bars (CI)
-    stages: list[StageConfig] = field(default_factory=_default_stages)  # run in order
+    quiet: bool = False  # no progress bars or per-epoch lines (CI, logs)
+    stages: list[StageConfig] = field(default_factory=list)  # run in order; empty = the recipe's
 
     def stage_batch_size(self, stage: StageConfig) -> int:
         """The global batch size a stage trains with."""
@@ -144,6 +151,30 @@ class TrainConfig:
         return self.eval_batch_size or 2 * self.batch_size
 
 
+# The named choices of string fields (the command line offers exactly these).
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "labels": LABELS, "recipe": RECIPES, "head": ("auto", *HEADS), "augment": AUGMENTATIONS,
+    "amp": AMP_MODES, "extract_backend": EXTRACT_BACKENDS, "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES, "monitor": MONITORS, "cache_features": CACHE_MODES,
+}
+
+
+@functools.cache
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's comment in the dataclass source: its meaning, unit and choices.
+
+    The comment beside a field is the one place these are written; `--help` shows it, so the
+    help and the config cannot disagree (tests check that every field has one).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    found = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+        if match and match.group(1) in names:
+            found[match.group(1)] = match.group(2).strip()
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # dict <-> dataclass
 
@@ -152,6 +183,8 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys with a helpful message."""
     if not isinstance(data, dict):
         raise TransferlabError(f"{where}: expected a mapping, got {type(data).__name__}")
+    if cls is TrainConfig:
+        data = apply_recipe(data)
     names = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(names))
@@ -255,6 +288,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise TransferlabError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(data, dict):
             raise TransferlabError(f"config file {path} must hold a mapping of fields")
+        if data.get("stages") and data.get("recipe") not in (None, "auto", CUSTOM):
+            raise TransferlabError(f"config file {path} names both recipe={data['recipe']!r} and "
+                                   "stages; keep one (a recipe fills in the stages)")
+    if (overrides or {}).get("recipe") not in (None, "auto"):
+        # A recipe given as a flag replaces the file's stages (flags beat the file).
+        data.pop("stages", None)
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
@@ -335,14 +374,12 @@ def validate(config: TrainConfig) -> None:
         raise TransferlabError(f"train_fraction={config.train_fraction} must be in (0, 1]")
     if config.batch_size < 1:
         raise TransferlabError(f"batch_size={config.batch_size} must be a positive integer")
-    if config.labels not in ("fine", "coarse"):
-        raise TransferlabError(f"labels={config.labels!r} must be 'fine' or 'coarse'")
-    # Imported here: the config module stays light for tools that only read YAML.
-    from transferlab.data.transforms import AUGMENTATIONS
-    from transferlab.models.heads import HEADS
-
+    _choice(config.labels, LABELS, "labels")
     _choice(config.augment, AUGMENTATIONS, "augment")
     _choice(config.head, HEADS, "head")
+    _choice(config.recipe, (*RECIPES, CUSTOM), "recipe")
+    if not config.stages:
+        raise TransferlabError("config: stages is empty; name at least one stage or choose a recipe")
     for name in ("input_size", "image_size", "eval_batch_size"):
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -362,10 +399,12 @@ def validate(config: TrainConfig) -> None:
         where = f"stages.{i} ({s.name})"
         if not s.name or not re.fullmatch(r"[A-Za-z0-9_\-]+", s.name):
             raise TransferlabError(f"{where}: name must be letters, digits, '_' or '-'")
-        if s.train not in ("head", "all") and not s.train.startswith("from:"):
+        if s.train not in ("head", "top", "all") and not s.train.startswith("from:"):
             raise TransferlabError(
-                f"{where}: train={s.train!r}; use 'head', 'all' or 'from:<feature stage name>'"
+                f"{where}: train={s.train!r}; use 'head', 'top', 'all' or 'from:<feature stage name>'"
             )
+        if s.augment is not None:
+            _choice(s.augment, AUGMENTATIONS, f"{where}.augment")
         s.optimizer = s.optimizer.lower()
         _choice(s.optimizer, OPTIMIZERS, f"{where}.optimizer")
         _choice(s.schedule, SCHEDULES, f"{where}.schedule")

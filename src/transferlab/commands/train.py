@@ -19,7 +19,15 @@ from typing import Any
 
 import yaml
 
-from transferlab.config import TrainConfig, config_to_dict, load_config
+from transferlab.config import (
+    FIELD_CHOICES,
+    EarlyStoppingConfig,
+    StageConfig,
+    TrainConfig,
+    config_to_dict,
+    field_help,
+    load_config,
+)
 from transferlab.errors import TransferlabError
 
 # Fields set through --set (lists and dicts) rather than a flag of their own.
@@ -32,34 +40,66 @@ def _flag_type(hint: Any) -> Any:
     return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
 
 
+def _default_text(value: Any) -> str:
+    return "none" if value is None else ("''" if value == "" else str(value))
+
+
+def _stage_fields_text() -> str:
+    """The epilog: every stage field with its meaning, settable with --set."""
+    lines = ["stage fields (--set stages.<index or name>.<field>=VALUE):"]
+    for cls, prefix in ((StageConfig, ""), (EarlyStoppingConfig, "early_stopping.")):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, text in field_help(cls).items():
+            if name == "early_stopping":
+                continue
+            default = defaults[name]
+            shown = "" if default is dataclasses.MISSING else f" [default {_default_text(default)}]"
+            lines.append(f"  {prefix + name:<28} {text}{shown}")
+    return "\n".join(lines)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `train`: --config, --resume, --set, and one flag per top-level config field."""
+    """Register `train`: --config, --resume, --set, and one flag per top-level config field.
+
+    Each flag's help is the field's comment in `transferlab.config` and its choices are the
+    config's choice constants, so `--help` and the config cannot disagree.
+    """
     parser = subparsers.add_parser(
-        "train", help="train a model (stages, cached features, checkpoints, resume, DDP)",
-        description="Train one model on one dataset through the config's stages. Precedence: "
-        "defaults < --config YAML < flags < --set. Under torchrun it trains with DDP.",
+        "train", help="train a model (recipes, stages, cached features, checkpoints, resume, DDP)",
+        description="Train one model on one dataset and write a run directory. With pretrained "
+        "weights (--weights, --weights-dir or --pretrained) and no stages named, the finetune "
+        "recipe trains the head on cached features, then the top of the backbone with "
+        "augmentation, each stage stopped early on validation loss. Precedence: defaults < "
+        "--config YAML < flags < --set. Under torchrun it trains with DDP.",
+        epilog=_stage_fields_text(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML config (see transferlab.config)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (keys are the flags "
+                        "below in snake_case, plus stages: a list of stage mappings)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its "
+                        "last.pt, exactly where it stopped")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. stages.0.lr=1e-3 or stages.head.epochs=3 "
-                        "(repeatable; values are YAML)")
+                        "(repeatable; values are YAML; stage fields are listed below)")
     parser.add_argument("--model-kwargs", metavar="YAML", type=yaml.safe_load,
                         help="extra create_model arguments as a YAML mapping, e.g. '{drop_rate: 0.2}'")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config as YAML and exit")
+                        help="print the resolved config (with the recipe's stages) as YAML and exit")
     hints = typing.get_type_hints(TrainConfig)
+    helps = field_help(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name in _NOT_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _flag_type(hints[f.name])
+        text = f"{helps[f.name]} [default {_default_text(f.default)}]"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default {f.default})")
+                                help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                                help=f"(default {f.default!r})")
+            choices = FIELD_CHOICES.get(f.name)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, choices=choices,
+                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(),
+                                help=text)
     parser.set_defaults(func=run)
     return parser
 
@@ -72,7 +112,21 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(args.model_kwargs, dict):
             raise TransferlabError("--model-kwargs must be a YAML mapping, e.g. '{drop_rate: 0.2}'")
         overrides["model_kwargs"] = args.model_kwargs
+    if args.weights_dir and args.pretrained is None and not _file_sets(args.config, "pretrained"):
+        # A weights folder on the command line means "use the pretrained weights in it".
+        overrides["pretrained"] = True
     return load_config(args.config, overrides, args.sets)
+
+
+def _file_sets(path: str | None, key: str) -> bool:
+    """Whether the YAML config file names `key` (so a flag should not second-guess it)."""
+    if not path:
+        return False
+    try:
+        data = yaml.safe_load(open(path))
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the problem with the file
+    return isinstance(data, dict) and key in data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_dir / "summary.json"
     if summary.is_file() and not getattr(args, "quiet", False):
         s = json.loads(summary.read_text())
-        print(f"{s['run_name']}: test acc1 {s['test_acc1']:.4f}, acc5 {s['test_acc5']:.4f}, "
+        acc5 = f", acc5 {s['test_acc5']:.4f}" if s.get("test_acc5") is not None else ""
+        print(f"{s['run_name']}: test acc1 {s['test_acc1']:.4f}{acc5}, "
               f"{s['epoch_time_s']:.2f} s/epoch -> {run_dir}")
     return 0

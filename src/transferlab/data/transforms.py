@@ -16,7 +16,12 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-AUGMENTATIONS = ("none", "study", "standard", "strong")
+from transferlab.choices import AUGMENTATIONS
+
+# Random resized crop of the `photo` preset: area share and aspect-ratio range of the crop. Milder
+# than torchvision's ImageNet default (0.08-1): a few fine-tuning epochs should see whole objects.
+PHOTO_SCALE = (0.35, 1.0)
+PHOTO_RATIO = (3 / 4, 4 / 3)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -69,6 +74,32 @@ def random_affine(
     theta = norm @ torch.linalg.inv(fwd) @ torch.linalg.inv(norm)
     grid = F.affine_grid(theta[:, :2], list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(
+    x: torch.Tensor, size: Sequence[int], scale: Sequence[float], ratio: Sequence[float],
+    g: torch.Generator,
+) -> torch.Tensor:
+    """Cut a random box from each image of a float (B, C, H, W) batch and resize it to `size`.
+
+    torchvision's RandomResizedCrop for a whole batch in one `roi_align` call: each box covers a
+    share in `scale` of the image area with a width/height ratio in `ratio` (log-uniform). The
+    bilinear samples are averaged over each output pixel's footprint, which antialiases shrinking.
+    """
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    dev = x.device
+    area = _uniform(b, scale[0], scale[1], g, dev) * (h * w)
+    log_r = _uniform(b, float(torch.log(torch.tensor(ratio[0]))), float(torch.log(torch.tensor(ratio[1]))), g, dev)
+    r = torch.exp(log_r)
+    bw = torch.sqrt(area * r).clamp(max=w)
+    bh = torch.sqrt(area / r).clamp(max=h)
+    x0 = _uniform(b, 0.0, 1.0, g, dev) * (w - bw)
+    y0 = _uniform(b, 0.0, 1.0, g, dev) * (h - bh)
+    boxes = torch.stack([torch.arange(b, device=dev, dtype=x.dtype), x0, y0, x0 + bw, y0 + bh], dim=1)
+    return roi_align(x, boxes.to(x.dtype), output_size=(int(size[0]), int(size[1])),
+                     spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 def build_per_image_augmentation(name: str) -> v2.Transform | None:
@@ -129,6 +160,8 @@ class BatchTransform(nn.Module):
                 degrees), rotation up to 90 degrees, width and height shift 0.2, horizontal flip.
             standard: reflect-pad by 1/8 of the side and crop back, plus horizontal flip.
             strong: standard, then TrivialAugmentWide and random erasing (torchvision v2, per image).
+            photo: random resized crop (PHOTO_SCALE of the area, PHOTO_RATIO aspect) straight to
+                the input size, plus horizontal flip: the usual fine-tuning augmentation for photos.
         """
         g = torch.Generator()
         g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
@@ -143,6 +176,8 @@ class BatchTransform(nn.Module):
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
                 return torch.stack([self.per_image(img) for img in x])
         x = images.float().div_(255.0)
+        if name == "photo":
+            return random_flip(random_resized_crop(x, self.input_size, PHOTO_SCALE, PHOTO_RATIO, g), g)
         if name == "study":
             x = random_flip(random_affine(x, 90.0, 0.2, 0.2, g), g)
         return x

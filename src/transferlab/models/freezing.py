@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
@@ -83,3 +84,44 @@ def freeze(model: TransferModel, boundary: str | None = "all") -> FreezeReport:
     model.train(model.training)  # re-apply so frozen BatchNorm switches to inference mode now
     total, trainable = count_parameters(model)
     return FreezeReport(total, trainable, model.frozen_stages)
+
+
+def top_stage(model: TransferModel) -> str | None:
+    """The first feature stage at the backbone's last spatial resolution (None: no stages to cut).
+
+    That is where fine-tuning "the top of the backbone" starts: `blocks.5` for MobileNetV2 and
+    EfficientNet, `Mixed_7a` for InceptionV3, `layer4` for ResNet. These stages hold many of the
+    parameters but little of the compute (they run on the smallest maps), and their features are
+    the most specific to ImageNet's classes. Found by running one image through the stages.
+    """
+    stages = model.feature_stages()
+    if len(stages) < 2:
+        return None
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    size = tuple(model.pretrained_cfg.input_size)
+    x = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+    sizes = []
+    with torch.no_grad():
+        for _, stage in stages:
+            x = stage(x)
+            sizes.append(tuple(x.shape[-2:]))
+    model.train(was_training)
+    first = len(sizes) - 1
+    while first > 0 and sizes[first - 1] == sizes[-1]:
+        first -= 1
+    # The very first stage is the whole backbone: "top" then means everything.
+    return stages[first][0] if first > 0 else None
+
+
+def boundary_for(model: TransferModel, train: str) -> str | None:
+    """The `freeze` boundary of a stage's `train` setting: head -> "all", all -> None,
+    top -> `top_stage(model)`, from:<stage> -> <stage>."""
+    if train == "head":
+        return "all"
+    if train == "all":
+        return None
+    if train == "top":
+        return top_stage(model)
+    return train.removeprefix("from:")

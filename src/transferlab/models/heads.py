@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from transferlab.choices import HEADS
 from transferlab.errors import TransferlabError
 from transferlab.models.base import ClassifierHead
 
-HEADS = ("study", "linear")
 
 STUDY_HIDDEN = 1024  # units of the study's hidden Dense layer
 STUDY_DROPOUT = 0.3  # the study's dropout rate
