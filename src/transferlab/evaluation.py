@@ -75,7 +75,7 @@ class Evaluation:
 
     classes: list[str]
     test_acc1: float
-    test_acc5: float
+    test_acc5: float | None  # None with 5 classes or fewer (top-5 would be 100% by construction)
     confusion: np.ndarray  # int64 (k, k): rows true class, columns predicted class
     per_class_acc: np.ndarray  # float64 (k,): recall of each class (NaN when it has no test image)
     confused_pairs: list[ConfusedPair]
@@ -206,7 +206,7 @@ def evaluate_predictions(
     result = Evaluation(
         classes=classes,
         test_acc1=topk_accuracy(logits, labels, 1),
-        test_acc5=topk_accuracy(logits, labels, 5),
+        test_acc5=topk_accuracy(logits, labels, 5) if len(classes) > 5 else None,
         confusion=cm,
         per_class_acc=per_class_accuracy(cm),
         confused_pairs=most_confused_pairs(cm, classes, num_pairs),

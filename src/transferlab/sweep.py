@@ -132,7 +132,7 @@ def sweep_row(run_dir: Path, params: dict[str, Any], stage: str | None) -> Sweep
         params=params,
         run_name=run.name,
         test_acc1=float(s.get("test_acc1", math.nan)),
-        test_acc5=float(s.get("test_acc5", math.nan)),
+        test_acc5=float(s["test_acc5"]) if s.get("test_acc5") is not None else math.nan,
         best_val_acc1=max(val) if val else math.nan,
         epochs=len(rows),
         epoch_time_s=statistics.fmean(times) if times else float(s.get("epoch_time_s", math.nan)),

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, device=args.device, num_pairs=args.pairs)
     out = write_evaluation(result, args.out or args.run_dir / EVALUATION_DIR,
                            title=args.run_dir.resolve().name, figures=not args.no_figures)
-    print(f"test top-1 {fmt_pct(result.test_acc1)}  top-5 {fmt_pct(result.test_acc5)}  "
+    top5 = f"  top-5 {fmt_pct(result.test_acc5)}" if result.test_acc5 is not None else ""
+    print(f"test top-1 {fmt_pct(result.test_acc1)}{top5}  "
           f"({int(result.confusion.sum()):,} images, from {result.source})")
     if result.confused_pairs:
         print("most-confused pairs (true -> predicted: images):")

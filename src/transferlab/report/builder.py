@@ -155,7 +155,9 @@ def _evaluation_section(doc: Document, groups: Sequence[GroupSummary],
         path = figures.plot_confusion_matrix(result.confusion, result.classes,
                                              fig_dir / f"confusion_{slug}.png", title=label)
         doc.add(
-            Paragraph(f"Test top-1 {fmt_pct(result.test_acc1)}, top-5 {fmt_pct(result.test_acc5)} "
+            Paragraph(f"Test top-1 {fmt_pct(result.test_acc1)}"
+                      + (f", top-5 {fmt_pct(result.test_acc5)}" if result.test_acc5 is not None else "")
+                      + " "
                       f"on {int(result.confusion.sum()):,} test images (from {result.source}). "
                       f"Lowest per-class accuracy: {_worst_classes(result)}."),
             Figure(path, f"{label}: confusion matrix, rows normalised to the true class."),

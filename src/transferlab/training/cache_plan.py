@@ -20,6 +20,7 @@ from transferlab.errors import TransferlabError
 from transferlab.training import distributed as dist_utils
 from transferlab.training import features as feats
 from transferlab.training.context import RunContext
+from transferlab.training.prepare import stage_augment
 
 
 def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Module] | None:
@@ -30,9 +31,10 @@ def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Modul
             raise TransferlabError(f"stage {stage.name}: cache_features=true needs a frozen part "
                                    "(train: head or from:<stage>)")
         return None
-    if c.augment != "none":
+    augment = stage_augment(c, stage)
+    if augment != "none":
         if stage.cache_features == "true":
-            raise TransferlabError(f"stage {stage.name}: cache_features=true but augment={c.augment} "
+            raise TransferlabError(f"stage {stage.name}: cache_features=true but augment={augment} "
                                    "changes the frozen part's inputs every epoch; set augment none")
         return None
     parts = feats.split_model(run.model, stage.train)
@@ -77,8 +79,11 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
         save_arrays,
         save_streamed,
     )
+    from transferlab.models.freezing import boundary_for
 
     c = run.config
+    # "top" names a stage by position: key by the stage itself, so both spellings share a cache.
+    boundary = stage.train if stage.train == "head" else f"from:{boundary_for(run.model, stage.train)}"
     frozen = feats.frozen_state_hash(run.model, tail)
     pre = run.model.pretrained_cfg
     info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0}
@@ -94,7 +99,7 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
     for split in run.data:
         # The same key function as `transferlab rank`, so the two share cached features.
         key = feats.feature_cache_key(
-            model_name=c.model, frozen=frozen, boundary=stage.train,
+            model_name=c.model, frozen=frozen, boundary=boundary,
             fingerprint=run.dataset.fingerprint, split=split, indices=run.indices[split],
             input_size=run.input_size, mean=pre.mean, std=pre.std,
             interpolation=pre.interpolation, model_kwargs=run.model_kwargs(),

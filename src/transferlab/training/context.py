@@ -25,7 +25,7 @@ class RunContext:
 
     Filled in step by step: `rundir.prepare_dir` sets `run_dir`; `prepare.load_data` sets
     `dataset`, `splits`, `data` and `indices`; `prepare.build_model` sets `model`, `input_size`,
-    `transform` and `eval_transform`.
+    `transforms` and `eval_transform`.
     """
 
     run_dir: Path
@@ -37,7 +37,7 @@ class RunContext:
     indices: dict[str, np.ndarray]  # split -> indices into the dataset's split (cache keys)
     model: nn.Module
     input_size: tuple[int, ...]  # (H, W) the run trains at
-    transform: nn.Module  # training BatchTransform (augments)
+    transforms: dict[str, nn.Module]  # augmentation name -> training BatchTransform
     eval_transform: nn.Module  # evaluation BatchTransform
 
     def __init__(self, config: TrainConfig, resume: bool, ctx: dist_utils.DistContext,

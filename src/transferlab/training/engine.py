@@ -229,7 +229,7 @@ class EvalResult:
 
     loss: float
     acc1: float
-    acc5: float
+    acc5: float | None  # None with 5 classes or fewer, where top-5 is always 100%
     count: int
     seconds: float
     logits: torch.Tensor | None = None  # (N, k) float32 on the CPU, in dataset order
@@ -241,6 +241,8 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
              keep_logits: bool = False, desc: str = "eval", quiet: bool = False) -> EvalResult:
     """Mean cross-entropy, top-1 and top-5 accuracy of `model` over `batches` (eval mode).
 
+    Top-5 is None when there are 5 classes or fewer (it would be 100% by construction).
+
     Under DDP each rank evaluates its shard and the sums are all-reduced; `keep_logits` is only
     meaningful in a single process.
     """
@@ -250,12 +252,14 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     kept_logits, kept_labels = [], []
+    num_classes = 0
     with Timer(device) as timer:
         for x, y in tqdm(batches, desc=desc, leave=False, disable=quiet, unit="batch"):
             with precision.autocast(device):
                 logits = model(x)
             logits = logits.float()
-            k = min(5, logits.shape[1])
+            num_classes = logits.shape[1]
+            k = min(5, num_classes)
             top = logits.topk(k, dim=1).indices
             hits = top == y[:, None]
             sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
@@ -269,7 +273,8 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
     loss, top1, top5, count = sums.tolist()
     n = max(count, 1)
     return EvalResult(
-        loss=loss / n, acc1=top1 / n, acc5=top5 / n, count=int(count), seconds=timer.seconds,
+        loss=loss / n, acc1=top1 / n, acc5=top5 / n if num_classes > 5 else None, count=int(count),
+        seconds=timer.seconds,
         logits=torch.cat(kept_logits) if kept_logits else None,
         labels=torch.cat(kept_labels) if kept_labels else None,
     )

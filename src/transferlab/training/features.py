@@ -103,11 +103,13 @@ def split_model(model: nn.Module, train: str) -> tuple[nn.Module, nn.Module] | N
 
     Returns None for ``train: all`` (nothing frozen to cache).
     """
-    if train == "all":
-        return None
+    from transferlab.models.freezing import boundary_for
+
     if train == "head":
         return PrefixModule(model, "head"), model.head.fc
-    boundary = train.removeprefix("from:")
+    boundary = boundary_for(model, train)
+    if boundary is None:
+        return None
     return PrefixModule(model, boundary), TailModule(model, boundary)
 
 

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from transferlab.config import StageConfig, TrainConfig
 from transferlab.errors import TransferlabError
 from transferlab.training.context import RunContext
 
@@ -75,12 +76,20 @@ def build_model(run: RunContext) -> None:
     # image resized to `size`, no crop), so best.pt, predict and evaluate all repeat it.
     run.model.pretrained_cfg = dataclasses.replace(pre, input_size=size, crop_pct=1.0,
                                                    crop_mode="squash")
-    run.transform = BatchTransform(size, mean=pre.mean, std=pre.std,
-                                   interpolation=pre.interpolation, augment=c.augment,
-                                   native_size=run.dataset.image_size).to(run.device)
+    # One training transform per augmentation the stages use (a stage may set its own).
+    run.transforms = {
+        name: BatchTransform(size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
+                             augment=name, native_size=run.dataset.image_size).to(run.device)
+        for name in sorted({stage_augment(c, s) for s in c.stages})
+    }
     run.eval_transform = BatchTransform(size, mean=pre.mean, std=pre.std,
                                         interpolation=pre.interpolation, augment="none",
                                         native_size=run.dataset.image_size).to(run.device).eval()
 
 
-__all__ = ["build_model", "load_data"]
+def stage_augment(config: TrainConfig, stage: StageConfig) -> str:
+    """The augmentation a stage trains with: its own, else the run's."""
+    return stage.augment or config.augment
+
+
+__all__ = ["build_model", "load_data", "stage_augment"]

@@ -109,6 +109,9 @@ def _train(run: RunContext) -> Path:
     load_data(run)
     build_model(run)
     state, last = restore(run)
+    from transferlab.recipes import describe
+
+    run.log(describe(c))
     if run.ctx.is_main:
         save_config(c, run_dir / "config.yaml")
         run.splits.save(run_dir / "splits.npz")

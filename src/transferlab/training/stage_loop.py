@@ -30,6 +30,7 @@ from transferlab.training.engine import (
     fit,
 )
 from transferlab.training.optim import StageScheduler, build_optimizer
+from transferlab.training.prepare import stage_augment
 from transferlab.training.run_state import RunState, save_best, save_last
 from transferlab.training.rundir import write_metrics
 
@@ -39,6 +40,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     """Train one stage (on cached features when it can), saving best.pt / last.pt as it goes."""
     c = run.config
     apply_freeze(run.model, stage.train)
+    augment = stage_augment(c, stage)
     batch_size = c.stage_batch_size(stage)
     parts = cache_plan(run, stage)
     info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
@@ -61,7 +63,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
             x, y = run.data[split]
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
-                           transform=run.transform if shuffle else run.eval_transform,
+                           transform=run.transforms[augment] if shuffle else run.eval_transform,
                            device=run.device, dist=run.ctx, channels_last=c.channels_last,
                            train=shuffle)
         run.stage_features = None
@@ -93,10 +95,15 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     total, n_trainable = count_parameters(run.model)
     info.update({"params_trainable": n_trainable, "params_total": total})
     state.stage_info[stage.name] = info
-    run.log(f"stage {si + 1}/{len(run.config.stages)} {stage.name}: train {stage.train}, "
+    where = stage.train
+    if stage.train == "top":
+        from transferlab.models.freezing import top_stage
+
+        where = f"top (from {top_stage(run.model) or 'the first stage'})"
+    run.log(f"stage {si + 1}/{len(run.config.stages)} {stage.name}: train {where}, "
             f"{n_trainable:,} of {total:,} parameters trainable, {stage.optimizer} lr {stage.lr:g}, "
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
-            + (", on cached features" if parts is not None else ""))
+            + (", on cached features" if parts is not None else f", augment {augment}"))
     plan = StagePlan(
         name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
@@ -160,15 +167,11 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
 
 
 def apply_freeze(model: nn.Module, train: str) -> None:
-    """Freeze the model for a stage's `train` setting (head | all | from:<stage>)."""
+    """Freeze the model for a stage's `train` setting (head | top | all | from:<stage>)."""
     from transferlab.models import freeze
+    from transferlab.models.freezing import boundary_for
 
-    if train == "head":
-        freeze(model, "all")
-    elif train == "all":
-        freeze(model, None)
-    else:
-        freeze(model, train.removeprefix("from:"))
+    freeze(model, boundary_for(model, train))
 
 
 def mean(values: list[float]) -> float:

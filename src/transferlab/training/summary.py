@@ -73,7 +73,8 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
                                             classes=np.array(run.dataset.classes)))
         atomic_write_text(run.run_dir / SUMMARY, dumps(summary, indent=2) + "\n")
         if result is not None:
-            run.log(f"test acc1 {result.acc1:.4f} acc5 {result.acc5:.4f}; run directory {run.run_dir}")
+            acc5 = f" acc5 {result.acc5:.4f}" if result.acc5 is not None else ""
+            run.log(f"test acc1 {result.acc1:.4f}{acc5}; run directory {run.run_dir}")
         else:
             run.log(f"no best checkpoint, so no test pass (test metrics are null); run directory "
                     f"{run.run_dir}")
