@@ -23,13 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_precedence_defaults_yaml_flags_sets(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
-        "batch_size": 64, "val_fraction": 0.2,
+        "batch_size": 64, "val_fraction": 0.3,
         "stages": [{"name": "head", "train": "head", "epochs": 2}, {"name": "ft", "lr": 0.1}],
     }))
     c = load_config(path, {"batch_size": 16, "seed": None},
                     ["stages.0.lr=1e-2", "stages.ft.epochs=7", "stages.head.early_stopping.patience=9"])
     assert c.batch_size == 16  # flag beats YAML
-    assert c.val_fraction == 0.2  # YAML beats default
+    assert c.val_fraction == 0.3  # YAML beats default
     assert c.seed == 0  # None flag = not given
     assert c.stages[0].lr == pytest.approx(1e-2) and c.stages[0].epochs == 2
     assert c.stages[1].epochs == 7 and c.stages[1].lr == 0.1

@@ -15,3 +15,5 @@ CACHE_MODES = ("auto", "true", "false")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 EXTRACT_BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 LABELS = ("fine", "coarse")  # CIFAR-100 label sets
+# What a folder given to predict is searched for (case-insensitive); other files are skipped.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")

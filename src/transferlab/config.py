@@ -65,7 +65,6 @@ from transferlab.errors import TransferlabError
 from transferlab.recipes import CUSTOM, apply_recipe
 
 
-
 @dataclass
 class EarlyStoppingConfig:
     """Keras `EarlyStopping` semantics for one stage."""
@@ -117,7 +116,7 @@ class TrainConfig:
     labels: str = "fine"  # CIFAR-100 label set: fine (100 classes) | coarse (20 superclasses)
     image_size: int | None = None  # store images at N x N px (shorter side to N, centre crop); None = native if all share one size, else from the input size
     workers: int = 0  # processes decoding an image folder on a cold cache; 0 = one per usable core
-    val_fraction: float = 0.1  # share of train/ held out for validation (early stopping) unless the folder has val/ and test/; 0 = none
+    val_fraction: float = 0.2  # share of train/ held out for validation (early stopping) unless the folder has val/ and test/; 0 = none
     train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
     split_seed: int = 0  # seed of the stratified train / val split
     seed: int = 0  # seed of initialisation, shuffling, augmentation and dropout

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform
 
+from transferlab.choices import IMAGE_SUFFIXES
 from transferlab.errors import TransferlabError
 from transferlab.export import OnnxClassifier
 from transferlab.models import (
@@ -35,9 +36,6 @@ from transferlab.models import (
 
 IMAGENET_CLASSES = 1000
 ONNX_SUFFIX = ".onnx"
-# What a folder given to predict is searched for (case-insensitive); other files are skipped.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
 Predictor = TransferModel | OnnxClassifier
 
 

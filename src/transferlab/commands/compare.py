@@ -12,35 +12,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transferlab.compare import load_compare_config, run_compare
+from transferlab.commands._common import config_flag
 from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
-SHARED_FLAGS = (
-    ("dataset", str, "dataset spec for every model: cifar100, cifar10, folder:PATH, synthetic:..."),
-    ("data_root", str, "download/cache directory of the dataset"),
-    ("cache_dir", str, "cached-feature folder"),
-    ("weights_dir", str, "folder with pretrained weights files (e.g. ../shared/weights)"),
-    ("device", str, "auto | cpu | cuda | cuda:1 | mps"),
-    ("train_fraction", float, "share of the training images used"),
-)
+SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "quiet")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the flags that override a field of every run, plus --set and --quiet."""
-    for name, kind, text in SHARED_FLAGS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            help=text)
+    """Add the flags that override a field of every run (help from the config), plus --set."""
+    for name in SHARED_FLAGS:
+        config_flag(parser, name)
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override applied to every run, e.g. stages.0.epochs=1")
-    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
 
 
 def shared_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields set by the shared flags (None = not given)."""
-    overrides = {name: getattr(args, name) for name, _, _ in SHARED_FLAGS}
-    overrides["quiet"] = args.quiet
-    return overrides
+    return {name: getattr(args, name) for name in SHARED_FLAGS}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -72,6 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Train the comparison and print where it went."""
+    from transferlab.compare import load_compare_config, run_compare
+
     if args.from_rank is not None:
         if args.weights_dir is not None:
             raise TransferlabError("--from-rank uses the weights the ranking scored; drop --weights-dir")

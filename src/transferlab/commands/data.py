@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-import numpy as np
-
+from transferlab.choices import AUGMENTATIONS
 from transferlab.commands._common import add_dataset_args, dataset_from_args
-from transferlab.data import make_splits
-from transferlab.data.plots import plot_class_counts, plot_dataset
-from transferlab.data.transforms import AUGMENTATIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_dataset_args(plot)
     _add_split_args(plot)
     plot.add_argument("--out", required=True, help="directory for the PNG files")
-    plot.add_argument("--augment", choices=AUGMENTATIONS[1:], default="study", help="augmentation to preview")
+    plot.add_argument("--augment", choices=AUGMENTATIONS[1:], default="study",
+                      help="augmentation preset to preview on sample images [default study]")
     plot.set_defaults(func=run_plot)
 
 
@@ -35,7 +33,9 @@ def _add_split_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split")
 
 
-def _run_splits(args: argparse.Namespace, labels: np.ndarray) -> dict[str, np.ndarray] | None:
+def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:
+    from transferlab.data import make_splits
+
     if args.val_fraction is None and args.train_fraction == 1.0:
         return None
     idx = make_splits(labels, args.val_fraction or 0.0, args.train_fraction, args.seed)
@@ -43,6 +43,8 @@ def _run_splits(args: argparse.Namespace, labels: np.ndarray) -> dict[str, np.nd
 
 
 def run_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
     ds = dataset_from_args(args)
     counts = ds.class_counts()
     carved = _run_splits(args, ds["train"].labels)
@@ -70,6 +72,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from transferlab.data.plots import plot_class_counts, plot_dataset
+
     ds = dataset_from_args(args)
     paths = plot_dataset(ds, args.out, augment=args.augment)
     carved = _run_splits(args, ds["train"].labels)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.evaluation import EVALUATION_DIR, evaluate_run, write_evaluation
-from transferlab.report.tables import fmt_pct
+from transferlab.evaluation import EVALUATION_DIR
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the files and print the headline numbers."""
+    from transferlab.evaluation import evaluate_run, write_evaluation
+    from transferlab.report.tables import fmt_pct
+
     result = evaluate_run(args.run_dir, device=args.device, num_pairs=args.pairs)
     out = write_evaluation(result, args.out or args.run_dir / EVALUATION_DIR,
                            title=args.run_dir.resolve().name, figures=not args.no_figures)

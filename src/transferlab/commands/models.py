@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from transferlab.choices import HEADS
 from transferlab.errors import TransferlabError
-from transferlab.models import (
-    create_model,
-    find_weights,
-    freeze,
-    get_model_entry,
-    get_model_info,
-    list_models,
-)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--num-classes", type=int, default=100, help="classes of the head (default 100)"
     )
     parser.add_argument(
-        "--head", default="study", choices=("study", "linear"), help="head type (default study)"
+        "--head", default="study", choices=HEADS,
+        help="classifier head the parameter counts include (default study)"
     )
     parser.add_argument(
         "--weights-dir", metavar="DIR", help="also show which file in DIR each model would load"
@@ -46,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _weights_file(name: str, weights_dir: str | None) -> str | None:
+    from transferlab.models import find_weights, get_model_entry
+
     if weights_dir is None:
         return None
     try:
@@ -56,6 +52,8 @@ def _weights_file(name: str, weights_dir: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table (no names) or the per-model description."""
+    from transferlab.models import get_model_info, list_models
+
     if args.freeze and not args.names:
         raise TransferlabError(
             "--freeze needs a model NAME, e.g. `transferlab models inception_v3 --freeze Mixed_7b`"
@@ -96,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from transferlab.models import create_model, freeze, get_model_info
+
     out = []
     for name in args.names:
         info = get_model_info(name, num_classes=args.num_classes, head=args.head)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from transferlab.predict import IMAGE_SUFFIXES, expand_images, load_predict_model, predict_images
+from transferlab.choices import IMAGE_SUFFIXES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from transferlab.predict import expand_images, load_predict_model, predict_images
+
     images = expand_images(args.images)
     model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
     predictions = predict_images(

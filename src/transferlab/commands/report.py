@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.report import write_report
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the `report` sub-command."""
@@ -30,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Write the report and print where it went."""
+    from transferlab.report import write_report
+
     paths = write_report(args.paths, args.out, title=args.title,
                          data_figures=not args.no_data_figures)
     print(f"wrote {paths.markdown} and {paths.html}")

@@ -14,8 +14,6 @@ import argparse
 from pathlib import Path
 
 from transferlab.commands.compare import add_shared_flags, shared_overrides
-from transferlab.report.tables import fmt_pct, fmt_seconds
-from transferlab.sweep import load_base_config, parse_grid, run_sweep
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run the grid and print its table."""
+    from transferlab.report.tables import fmt_pct, fmt_seconds
+    from transferlab.sweep import load_base_config, parse_grid, run_sweep
+
     grid = parse_grid(args.grid)
     base = load_base_config(args.config, args.entry, shared_overrides(args), args.sets)
     rows = run_sweep(base, grid, args.out)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
 import typing
 from typing import Any
 
 import yaml
 
+from transferlab.commands._common import flag_type
 from transferlab.config import (
     FIELD_CHOICES,
     EarlyStoppingConfig,
@@ -32,12 +32,6 @@ from transferlab.errors import TransferlabError
 
 # Fields set through --set (lists and dicts) rather than a flag of their own.
 _NOT_FLAGS = {"stages", "model_kwargs"}
-
-
-def _flag_type(hint: Any) -> Any:
-    """The argparse type of a resolved field type hint ("int | None" -> int)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
 
 
 def _default_text(value: Any) -> str:
@@ -81,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="dotted override, e.g. stages.0.lr=1e-3 or stages.head.epochs=3 "
                         "(repeatable; values are YAML; stage fields are listed below)")
     parser.add_argument("--model-kwargs", metavar="YAML", type=yaml.safe_load,
-                        help="extra create_model arguments as a YAML mapping, e.g. '{drop_rate: 0.2}'")
+                        help=field_help(TrainConfig)["model_kwargs"] + ", e.g. '{drop_rate: 0.2}'")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (with the recipe's stages) as YAML and exit")
     hints = typing.get_type_hints(TrainConfig)
@@ -90,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         if f.name in _NOT_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = _flag_type(hints[f.name])
+        kind = flag_type(hints[f.name])
         text = f"{helps[f.name]} [default {_default_text(f.default)}]"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,

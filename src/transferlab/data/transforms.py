@@ -18,9 +18,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from transferlab.choices import AUGMENTATIONS
 
-# Random resized crop of the `photo` preset: area share and aspect-ratio range of the crop. Milder
+# Random resized crop of the `photo` preset: area share and aspect-ratio range of the crop. Far milder
 # than torchvision's ImageNet default (0.08-1): a few fine-tuning epochs should see whole objects.
-PHOTO_SCALE = (0.35, 1.0)
+PHOTO_SCALE = (0.5, 1.0)
 PHOTO_RATIO = (3 / 4, 4 / 3)
 
 

@@ -13,7 +13,6 @@ from transferlab.choices import HEADS
 from transferlab.errors import TransferlabError
 from transferlab.models.base import ClassifierHead
 
-
 STUDY_HIDDEN = 1024  # units of the study's hidden Dense layer
 STUDY_DROPOUT = 0.3  # the study's dropout rate
 
