@@ -24,7 +24,7 @@ class RunContext:
     """State of one run (a class only to share it between the steps of `train_run`).
 
     Filled in step by step: `rundir.prepare_dir` sets `run_dir`; `prepare.load_data` sets
-    `dataset`, `splits`, `data` and `indices`; `prepare.build_model` sets `model`, `input_size`,
+    `dataset`, `splits`, `data`, `indices` and `split_sources`; `prepare.build_model` sets `model`, `input_size`,
     `transforms` and `eval_transform`.
     """
 
@@ -35,6 +35,7 @@ class RunContext:
     #           int64 labels)
     data: dict[str, tuple[Any, torch.Tensor]]
     indices: dict[str, np.ndarray]  # split -> indices into the dataset's split (cache keys)
+    split_sources: dict[str, str]  # split -> where its images came from, in words
     model: nn.Module
     input_size: tuple[int, ...]  # (H, W) the run trains at
     transforms: dict[str, nn.Module]  # augmentation name -> training BatchTransform

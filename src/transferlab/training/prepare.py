@@ -19,13 +19,15 @@ def load_data(run: RunContext) -> None:
 
     c = run.config
     run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
-                               labels=c.labels, workers=c.workers)
+                               labels=c.labels, workers=c.workers, target_size=stored_size(c))
+    # A folder's own val/ (beside train/ and test/) is the validation set; otherwise it is carved.
+    own_val = "val" in run.dataset.splits
     split_path = run.run_dir / "splits.npz"
     if run.resume and split_path.is_file():
         run.splits = SplitIndices.load(split_path)
     else:
         train_split = run.dataset["train"]
-        run.splits = make_splits(train_split.labels, val_fraction=c.val_fraction,
+        run.splits = make_splits(train_split.labels, val_fraction=0.0 if own_val else c.val_fraction,
                                  train_fraction=c.train_fraction, seed=c.split_seed)
     if len(run.splits.train) == 0:
         raise TransferlabError("the training split is empty; raise train_fraction or lower val_fraction")
@@ -33,7 +35,11 @@ def load_data(run: RunContext) -> None:
     labels = {"train": train.labels[run.splits.train], "test": test.labels}
     rows = {"train": train.rows(run.splits.train), "test": test.rows()}
     run.indices = {"train": run.splits.train, "test": np.arange(len(test.labels))}
-    if len(run.splits.val):
+    if own_val:
+        val = run.dataset["val"]
+        labels["val"], rows["val"] = val.labels, val.rows()
+        run.indices["val"] = np.arange(len(val.labels))
+    elif len(run.splits.val):
         labels["val"] = train.labels[run.splits.val]
         rows["val"] = train.rows(run.splits.val)
         run.indices["val"] = run.splits.val
@@ -46,6 +52,58 @@ def load_data(run: RunContext) -> None:
     for split, view in rows.items():
         images = view[:].to(home) if to_gpu else view
         run.data[split] = (images, torch.from_numpy(np.asarray(labels[split], dtype=np.int64)).to(home))
+    run.split_sources = split_sources(run)
+    for split in ("train", "val", "test"):
+        if split in run.data:
+            run.log(f"{split}: {len(run.data[split][1]):,} images from {run.split_sources[split]}")
+
+
+def stored_size(config: TrainConfig) -> int:
+    """The square size (px) to store photos of mixed sizes at: the input size / 0.875.
+
+    That is torchvision's and timm's evaluation convention (resize to 256, crop 224): the
+    stored image keeps a margin around what the model sees, for crop augmentation.
+    """
+    if config.input_size:
+        size = config.input_size
+    else:
+        from transferlab.models import get_model_info
+
+        info = get_model_info(config.model, num_classes=2, **config.model_kwargs)
+        size = max(info.default_input_size or info.input_size)
+    return round(size / 0.875)
+
+
+def split_sources(run: RunContext) -> dict[str, str]:
+    """Where each split of the run came from, in words (printed and kept in summary.json)."""
+    sources = dict(getattr(run.dataset, "split_sources", None) or {})
+    train_from = sources.get("train", "the training split")
+    out = {"test": sources.get("test", "the test split")}
+    s = run.splits
+    subset = f", {s.train_fraction:.0%} subset" if s.train_fraction < 1 else ""
+    if "val" in run.dataset.splits:
+        out["train"] = train_from + subset
+        out["val"] = sources.get("val", "the validation split")
+    else:
+        carved = f"{s.val_fraction:.0%} of {train_from} (stratified, seed {s.seed})"
+        held = f", less {len(s.val):,} validation images" if len(s.val) else ""
+        out["train"] = train_from + held + subset
+        if len(s.val):
+            out["val"] = carved
+    return out
+
+
+def split_files(run: RunContext) -> dict[str, list[str]] | None:
+    """The source file of every image of each split of the run, or None (not an image folder)."""
+    files = getattr(run.dataset, "files", None)
+    if not files:
+        return None
+    out = {"train": [files["train"][i] for i in run.splits.train], "test": list(files["test"])}
+    if "val" in run.dataset.splits:
+        out["val"] = list(files["val"])
+    elif len(run.splits.val):
+        out["val"] = [files["train"][i] for i in run.splits.val]
+    return out
 
 
 def build_model(run: RunContext) -> None:

@@ -19,6 +19,7 @@ The steps, in the order `_train` calls them, each in a file named after what it 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -26,12 +27,13 @@ from typing import Any
 
 from transferlab.config import TrainConfig, config_from_dict, save_config
 from transferlab.errors import TransferlabError
+from transferlab.io import atomic_write_text
 from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 from transferlab.training.device import select_device, select_precision
 from transferlab.training.engine import StageProgress
 from transferlab.training.interrupt import InterruptFlag
-from transferlab.training.prepare import build_model, load_data
+from transferlab.training.prepare import build_model, load_data, split_files
 from transferlab.training.run_state import RunState, restore
 from transferlab.training.rundir import (
     METRIC_COLUMNS,
@@ -115,6 +117,9 @@ def _train(run: RunContext) -> Path:
     if run.ctx.is_main:
         save_config(c, run_dir / "config.yaml")
         run.splits.save(run_dir / "splits.npz")
+        files = split_files(run)
+        if files is not None:
+            atomic_write_text(run_dir / "split_files.json", json.dumps(files, indent=0) + "\n")
         write_metrics(run, state.rows)
         from torch.utils.tensorboard import SummaryWriter
 
