@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from transferlab import io as tl_io
-from transferlab.data.cache import load_arrays, save_arrays
+from transferlab.data.cache import CACHE_FORMAT, load_arrays, save_arrays
 
 
 def test_round_trip_and_permissions(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_losing_the_rename_race_uses_the_winners_entry(tmp_path: Path,
         if Path(dst) == target and not target.exists():
             target.mkdir()
             np.save(target / "x.npy", np.full(2, 7))
-            (target / "meta.json").write_text('{"format": 1, "who": "winner"}')
+            (target / "meta.json").write_text(json.dumps({"format": CACHE_FORMAT, "who": "winner"}))
         real_replace(src, dst)  # now fails: the target is a non-empty directory
 
     monkeypatch.setattr(tl_io.os, "replace", racing_replace)

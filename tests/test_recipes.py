@@ -87,3 +87,14 @@ def test_every_config_field_has_help_with_its_choices() -> None:
     assert "finetune" in actions["recipe"].help and actions["recipe"].choices[1] == "finetune"
     assert list(actions["augment"].choices) == ["none", "study", "standard", "strong", "photo"]
     assert "stage fields" in parser.epilog and "early_stopping.patience" in parser.epilog
+
+
+def test_best_checkpoint_ties_go_to_the_lower_validation_loss() -> None:
+    from transferlab.training.stage_loop import is_better
+
+    earlier = [{"val_acc1": 0.9, "val_loss": 0.30}, {"val_acc1": 0.8, "val_loss": 0.20}]
+    assert is_better({"val_acc1": 0.9, "val_loss": 0.25}, earlier)
+    assert not is_better({"val_acc1": 0.9, "val_loss": 0.35}, earlier)
+    assert is_better({"val_acc1": 0.95, "val_loss": 0.9}, earlier)
+    assert not is_better({"val_acc1": 0.85, "val_loss": 0.01}, earlier)
+    assert is_better({"val_acc1": 0.5, "val_loss": 1.0}, [])

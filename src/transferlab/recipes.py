@@ -46,7 +46,7 @@ _HEAD_STAGE: dict[str, Any] = {
     "batch_size": 32, "augment": "none", "cache_features": "auto", "early_stopping": _EARLY_STOP,
 }
 _FINETUNE_STAGE: dict[str, Any] = {
-    "name": "finetune", "train": "top", "optimizer": "adam", "lr": 1e-4, "epochs": 15,
+    "name": "finetune", "train": "top", "optimizer": "adam", "lr": 1e-4, "epochs": 10,
     "batch_size": 32, "warmup_epochs": 1.0, "schedule": "cosine", "augment": "photo",
     "early_stopping": _EARLY_STOP,
 }

@@ -14,7 +14,7 @@ from transferlab.io import atomic_write_dir
 
 ENV_VAR = "TRANSFERLAB_DATA"
 # Bump when the decoded format changes so old caches are ignored rather than misread.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Arrays stored in files larger than this are memory-mapped instead of read: the operating
 # system's page cache then holds what fits, shared by every process (torchrun ranks) on the
 # machine, and nothing copies a whole split into process memory. Smaller ones (CIFAR's 150 MB

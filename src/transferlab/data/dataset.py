@@ -108,6 +108,9 @@ class ImageDataset:
             "test": "val/ (held-out evaluation set)"}; empty when the loader does not say.
         files: per split, the source-relative path of every image in row order (image folders
             only; None otherwise).
+        center_cropped: the images were brought to one square size by their shorter side and a
+            centre crop (photos of mixed sizes); False when they keep their native size. A model
+            trained on them must see new photos prepared the same way.
     """
 
     name: str
@@ -118,6 +121,7 @@ class ImageDataset:
     coarse_labels: dict[str, np.ndarray] = field(default_factory=dict)
     split_sources: dict[str, str] = field(default_factory=dict)
     files: dict[str, list[str]] | None = None
+    center_cropped: bool = False
 
     def __getitem__(self, split: str) -> Split:
         try:

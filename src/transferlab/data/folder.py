@@ -95,7 +95,7 @@ def _decode(source: Path, layout: Layout, plan: SizePlan, workers: int, tmp: Pat
                     workers, desc=f"decoding {split}")
         np.save(tmp / f"{split}_labels.npy", layout.labels[split], allow_pickle=False)
     meta = {"format": CACHE_FORMAT, "classes": layout.classes, "sources": layout.sources,
-            "files": layout.files}
+            "files": layout.files, "center_cropped": plan.resize}
     (tmp / "meta.json").write_text(json.dumps(meta))
 
 
@@ -210,4 +210,5 @@ def _from_cache(cache_dir: Path, key: str, name: str) -> ImageDataset | None:
     }
     return ImageDataset(name=f"folder:{name}", classes=list(meta["classes"]), splits=splits,
                         fingerprint=key, split_sources=dict(meta["sources"]),
-                        files={k: list(v) for k, v in meta["files"].items()})
+                        files={k: list(v) for k, v in meta["files"].items()},
+                        center_cropped=bool(meta.get("center_cropped", False)))

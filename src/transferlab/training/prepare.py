@@ -130,10 +130,13 @@ def build_model(run: RunContext) -> None:
     size = tuple(pre.input_size if c.input_size else
                  getattr(run.model, "default_input_size", None) or pre.input_size)
     run.input_size = size
-    # From here on pretrained_cfg is the preprocessing this run uses (BatchTransform: the whole
-    # image resized to `size`, no crop), so best.pt, predict and evaluate all repeat it.
+    # From here on pretrained_cfg is the preprocessing this run uses, so best.pt, predict, export
+    # and evaluate all repeat it: the stored image resized whole to `size` (BatchTransform), and
+    # for photos stored by shorter side and centre crop, that crop too (timm's "center" mode at
+    # crop_pct 1.0: shorter side to `size`, then the centre square).
+    crop_mode = "center" if getattr(run.dataset, "center_cropped", False) else "squash"
     run.model.pretrained_cfg = dataclasses.replace(pre, input_size=size, crop_pct=1.0,
-                                                   crop_mode="squash")
+                                                   crop_mode=crop_mode)
     # One training transform per augmentation the stages use (a stage may set its own).
     run.transforms = {
         name: BatchTransform(size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,

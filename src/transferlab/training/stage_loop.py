@@ -137,7 +137,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                     run.writer.add_scalar(f"{key}", value, global_epoch)
             run.writer.flush()
         value = row["val_acc1"]
-        if value is None or state.best_value is None or value > state.best_value:
+        if value is None or state.best_value is None or is_better(row, state.rows[:-1]):
             state.best_value = value
             save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value})
         write_metrics(run, state.rows)
@@ -172,6 +172,17 @@ def apply_freeze(model: nn.Module, train: str) -> None:
     from transferlab.models.freezing import boundary_for
 
     freeze(model, boundary_for(model, train))
+
+
+def is_better(row: dict[str, Any], earlier: list[dict[str, Any]]) -> bool:
+    """Whether an epoch beats every earlier one for best.pt: higher val_acc1, and at equal
+    accuracy lower val_loss (a validation set of a few dozen photos ties often, and the later
+    fine-tuned model with the lower loss is then the better one)."""
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        return (r["val_acc1"], -r["val_loss"])
+
+    scored = [key(r) for r in earlier if r.get("val_acc1") is not None and r.get("val_loss") is not None]
+    return not scored or key(row) > max(scored)
 
 
 def mean(values: list[float]) -> float:
