@@ -24,10 +24,10 @@ PACKAGE = "transferlab"
 # with report.figures, and the report includes it; results is the shared reader of the files
 # that compare / sweep write and the report reads.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("transferlab", "transferlab.errors", "transferlab.io")),
+    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
-    ("training", ("transferlab.training", "transferlab.config", "transferlab.predict",
+    ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",
                   "transferlab.export")),
     ("results", ("transferlab.results",)),
     ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking")),
