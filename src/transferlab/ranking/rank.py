@@ -96,9 +96,10 @@ def auto_input_size(pretrained_size: Sequence[int], native_size: Sequence[int]) 
 
 
 def _default_head() -> str:
-    from transferlab.config import TrainConfig
+    """The head `transferlab train` gives a pretrained backbone by default (its finetune recipe)."""
+    from transferlab.config import config_from_dict
 
-    return TrainConfig().head
+    return config_from_dict({"pretrained": True}).head
 
 
 @dataclass
