@@ -11,7 +11,7 @@ from transferlab.data import make_splits
 from transferlab.errors import TransferlabError
 from transferlab.results.ranking import kendall_tau
 from transferlab.ranking import linear_probe, log_evidence, logme, subset_fractions
-from transferlab.ranking.logme import _spectrum, maximize_evidence
+from transferlab.ranking.logme import maximize_evidence, spectrum
 from transferlab.ranking.rank import auto_input_size
 
 
@@ -47,8 +47,8 @@ def test_log_evidence_matches_the_gaussian_marginal(shape):
 def test_fixed_point_reaches_the_maximum_of_the_evidence():
     f, labels = informative(n=40, k=2, d=5, noise=1.5)
     y = (labels == 0).astype(float)
-    u, s = _spectrum(f)
-    score, alpha, beta = maximize_evidence(u, s, y, dim=f.shape[1])
+    s, project = spectrum(f)
+    score, alpha, beta = maximize_evidence(s, project(y), float(y @ y), len(y), dim=f.shape[1])
     best = direct_log_evidence(f, y, alpha, beta)
     assert score == pytest.approx(best / len(y), rel=1e-9)
     # A brute-force search over a log grid around it never beats the fixed point.

@@ -39,6 +39,7 @@ does this implementation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,11 +47,24 @@ MAX_ITER = 100  # fixed-point iterations per class; it usually converges in unde
 TOL = 1e-6  # stop when alpha / beta changes by less than this, relative
 
 
-def _spectrum(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(U, s) of the thin SVD of the features, in float64."""
+def spectrum(features: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Singular values s of F and a function Y -> U^T Y, in float64, from the smaller Gram matrix.
+
+    An eigendecomposition of F^T F (D x D) or F F^T (n x n) gives the SVD's s and U^T y at a
+    fraction of the SVD's cost (5000 x 1280: ~1 s instead of ~8 s on two cores), as the paper's
+    code does; for n > D, U^T y = V^T (F^T y) / s never forms U. Directions with s^2 below 1e-10 of
+    the largest are treated as outside the column space: their U would be rounding noise, and with
+    beta s^2 << alpha they add nothing to the evidence.
+    """
     f = np.asarray(features, dtype=np.float64)
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
-    return u, s
+    n, dim = f.shape
+    gram = f.T @ f if n > dim else f @ f.T
+    sigma, vectors = np.linalg.eigh(gram)
+    keep = sigma > 1e-10 * max(float(sigma.max(initial=0.0)), 1e-300)
+    s, vectors = np.sqrt(sigma[keep]), vectors[:, keep]
+    if n > dim:  # vectors = V: U^T y = V^T F^T y / s
+        return s, lambda y: (vectors.T @ (f.T @ y)) / (s[:, None] if y.ndim == 2 else s)
+    return s, lambda y: vectors.T @ y  # vectors = U
 
 
 def _evidence_terms(alpha: float, beta: float, s2: np.ndarray, z: np.ndarray, y_norm2: float,
@@ -66,7 +80,7 @@ def _evidence_terms(alpha: float, beta: float, s2: np.ndarray, z: np.ndarray, y_
 
 
 def log_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
-    """The log evidence log p(y | F, alpha, beta) (Eq. 2) at fixed alpha, beta, through the SVD.
+    """The log evidence log p(y | F, alpha, beta) (Eq. 2) at fixed alpha, beta, through the spectrum.
 
     Args:
         features: F, shape (n, D).
@@ -74,20 +88,21 @@ def log_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float)
         alpha: prior precision of the weights (> 0).
         beta: noise precision (> 0).
     """
-    u, s = _spectrum(features)
+    s, project = spectrum(features)
     y = np.asarray(y, dtype=np.float64)
     n, dim = np.shape(features)
-    z = u.T @ y
-    return _evidence_terms(alpha, beta, s**2, z, float(y @ y), n, dim)[0]
+    return _evidence_terms(alpha, beta, s**2, project(y), float(y @ y), n, dim)[0]
 
 
-def maximize_evidence(u: np.ndarray, s: np.ndarray, y: np.ndarray, dim: int,
+def maximize_evidence(s: np.ndarray, z: np.ndarray, y_norm2: float, n: int, dim: int,
                       max_iter: int = MAX_ITER, tol: float = TOL) -> tuple[float, float, float]:
     """Maximise the evidence of one target over alpha, beta by the fixed-point iteration.
 
     Args:
-        u, s: thin SVD of the (n, D) features (`U`, singular values).
-        y: one target vector (n,).
+        s: singular values of the (n, D) features (non-zero ones).
+        z: U^T y, the target in the features' left singular basis.
+        y_norm2: ||y||^2.
+        n: samples.
         dim: D, the feature dimension.
         max_iter: iteration limit.
         tol: relative change of alpha / beta that counts as converged.
@@ -95,11 +110,7 @@ def maximize_evidence(u: np.ndarray, s: np.ndarray, y: np.ndarray, dim: int,
     Returns:
         (maximum log evidence divided by n, alpha, beta).
     """
-    y = np.asarray(y, dtype=np.float64)
-    n = len(y)
     s2 = s**2
-    z = u.T @ y
-    y_norm2 = float(y @ y)
     alpha, beta = 1.0, 1.0  # the paper's initialisation
     for _ in range(max_iter):
         denom = alpha + beta * s2
@@ -134,8 +145,11 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"features {f.shape} and labels {labels.shape} do not match")
     if not np.all(np.isfinite(f)):
         raise ValueError("features contain NaN or infinite values")
-    u, s = _spectrum(f)
-    dim = f.shape[1]
-    scores = [maximize_evidence(u, s, (labels == k).astype(np.float64), dim)[0]
-              for k in np.unique(labels)]
+    s, project = spectrum(f)
+    classes = np.unique(labels)
+    onehot = (labels[:, None] == classes[None, :]).astype(np.float64)  # (n, K)
+    z = project(onehot)  # (r, K): every class projected at once
+    n, dim = f.shape
+    scores = [maximize_evidence(s, z[:, k], float(onehot[:, k].sum()), n, dim)[0]
+              for k in range(len(classes))]
     return float(np.mean(scores))
