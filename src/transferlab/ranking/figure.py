@@ -29,6 +29,7 @@ def plot_rank(payload: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("forward pass, ms per image (feature extraction)")
         ax.set_ylabel(label + (" (%)" if key == "probe_val_acc1" else ""))
         ax.grid(alpha=0.3)
+        ax.margins(x=0.2, y=0.12)  # room for the labels right of the points
         if len(set(cost)) > 1 and max(cost) / max(min(cost), 1e-9) > 8:
             ax.set_xscale("log")
     fig.suptitle(f"Backbones ranked on {payload.get('dataset_name', payload['dataset'])} "
