@@ -38,7 +38,8 @@ def ranking_section(doc: Document, payload: dict[str, Any], records: Sequence[di
         Table(HEADERS, table,
               caption=f"LogME and linear-probe accuracy from frozen features on "
                       f"{payload.get('images_train')} + {payload.get('images_val')} training images "
-                      f"(`transferlab rank`), against the test accuracy after fine-tuning."),
+                      f"(`transferlab rank`), against the test accuracy after training each with the "
+                      f"comparison's recipe."),
     )
     verdict = ("the best-ranked backbone also fine-tuned best" if result["top_is_best"]
                else "the best-ranked backbone did not fine-tune best" if result["top_is_best"] is False
