@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise TransferlabError("--models is empty; give names such as mobilenet_v2,efficientnet_lite0")
     candidates, skipped = resolve_candidates(models, args.weights_dir, args.pretrained)
     options = RankOptions(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
-                          labels=args.labels, max_images=args.max_images, input_size=args.input_size,
+                          labels=args.labels, workers=args.workers, max_images=args.max_images,
+                          input_size=args.input_size,
                           split_seed=args.split_seed, cache_dir=args.cache_dir,
                           weights_dir=args.weights_dir, batch_size=args.batch_size, device=args.device,
                           extract_backend=args.extract_backend, quiet=args.quiet)

@@ -56,6 +56,7 @@ class RankOptions:
     data_root: str | None = None  # dataset download/cache folder
     image_size: int | None = None  # decode size of folder datasets (px)
     labels: str = "fine"  # fine | coarse (CIFAR-100)
+    workers: int | None = None  # processes decoding a folder on a cold cache (None = one per core)
     max_images: int = DEFAULT_MAX_IMAGES  # images of the training split used (stratified)
     input_size: int | None = None  # model input size (px); None = auto_input_size
     split_seed: int = 0  # seed of the stratified subset (as TrainConfig.split_seed)
@@ -263,8 +264,11 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
                                + "; ".join(f"{s.model}: {s.reason}" for s in skipped)
                                + ". Put the weights files into --weights-dir or use --pretrained online")
     wall = time.perf_counter()
+    # Photos of mixed sizes are stored at input size / 0.875 as training runs store them
+    # (training.prepare.stored_size), so a given --input-size keys the same cached features.
+    target = round(options.input_size / 0.875) if options.input_size else None
     dataset = load_dataset(options.dataset, data_root=options.data_root, image_size=options.image_size,
-                           labels=options.labels)
+                           labels=options.labels, workers=options.workers, target_size=target)
     labels = dataset["train"].labels
     val_fraction, train_fraction = subset_fractions(len(labels), options.max_images)
     split = make_splits(labels, val_fraction=val_fraction, train_fraction=train_fraction,
