@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             raise TransferlabError("--from-rank uses the weights the ranking scored; drop --weights-dir")
         from transferlab.ranking.to_compare import compare_config_from_rank
 
-        config = compare_config_from_rank(args.from_rank, args.top or 3, out_dir=args.out)
+        config = compare_config_from_rank(args.from_rank, 3 if args.top is None else args.top,
+                                          out_dir=args.out)
     else:
         if args.top is not None:
             raise TransferlabError("--top picks models of a ranking; use it with --from-rank RANK_DIR")
