@@ -177,7 +177,7 @@ def load_folder(
             tree = extracted or src
             layout = find_layout(tree, test_fraction=test_fraction, seed=seed)
             known, shared = known_shared()
-            if not known:
+            if not known and image_size is None:  # an explicit size needs no header scan
                 files = [f for split in layout.files.values() for f in split]
                 sizes = set(read_sizes([str(tree / f) for f in files], files, n_workers))
                 shared = list(sizes.pop()) if len(sizes) == 1 else None
