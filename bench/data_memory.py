@@ -67,7 +67,8 @@ def _make_images(args: tuple[Path, int, int, int]) -> None:
 def generate(root: Path, images: int, workers: int) -> float:
     """Create the folder once (a marker file records what is there); returns seconds spent."""
     marker = root / "DONE.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("images") == images:
+    what = json.loads(json.dumps({"images": images, "sizes": SIZES}))
+    if marker.is_file() and json.loads(marker.read_text()) == what:
         return 0.0
     import shutil
     from multiprocessing import Pool
@@ -86,7 +87,7 @@ def generate(root: Path, images: int, workers: int) -> float:
                 jobs.append((folder, c, offset + s, min(200, per_class - s)))
     with Pool(workers) as pool:
         pool.map(_make_images, jobs, chunksize=1)
-    marker.write_text(json.dumps({"images": images}))
+    marker.write_text(json.dumps(what))
     return time.perf_counter() - start
 
 
