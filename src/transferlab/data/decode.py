@@ -50,7 +50,8 @@ def _decode_rows(npy: str, rows: Sequence[int], paths: Sequence[str], names: Seq
     out = np.load(npy, mmap_mode="r+")
     for row, path, name in zip(rows, paths, names, strict=True):
         out[row] = decode(Path(path), name, plan)
-    out.flush()
+    # No flush (msync): it would wait for the disk on every chunk. The written pages are in the
+    # page cache, visible to every process at once; the kernel writes them back in its own time.
     del out
     return len(rows)
 
