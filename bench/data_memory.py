@@ -219,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
           f"(generated in {gen_s:.0f} s)", file=sys.stderr)
     import shutil
 
-    shutil.rmtree(data_root, ignore_errors=True)
+    for old in (data_root, args.workdir / "runs", args.workdir / "feat1"):
+        shutil.rmtree(old, ignore_errors=True)  # a cold start, and no earlier run in the way
     rows: list[tuple[str, str, str, str]] = []
+
+    def add(row: tuple[str, str, str, str]) -> None:
+        rows.append(row)
+        print(" | ".join(row), file=sys.stderr, flush=True)  # kept even if a later step fails
+
 
     # 1. Cold decode through the CLI, then the plain loop on a sample.
     info = [sys.executable, "-m", "transferlab", "data", "info", f"folder:{photos}",
@@ -229,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = len(files) / cold_s
     decoded = sum(p.stat().st_size for p in data_root.rglob("*_images.npy"))
     sample = [files[i] for i in np.random.default_rng(0).choice(len(files), args.sample, replace=False)]
-    rows.append(("cold decode, `transferlab data info` (whole folder, incl. start-up and header scan)",
+    add(("cold decode, `transferlab data info` (whole folder, incl. start-up and header scan)",
                  f"{ours:.0f} img/s ({cold_s:.0f} s)", "", ""))
-    rows.append(("decode peak Pss_Anon (parent + forked workers)", f"{cold_peak / 2**30:.2f} GiB",
+    add(("decode peak Pss_Anon (parent + forked workers)", f"{cold_peak / 2**30:.2f} GiB",
                  f"decoded cache {decoded / 2**30:.2f} GiB", f"{cold_peak / decoded:.0%}"))
     # Interleaved on the same sample, so that both sides see the same machine load.
     linked = sample_folder(photos, sample, args.workdir / "sample")
@@ -240,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         theirs_r.append(pillow_loop_cpu(sample))
         ours_r.append(transferlab_decode(linked, args.workdir / "sample-cache", None))
     med = lambda pairs, i: statistics.median(p[i] for p in pairs)  # noqa: E731
-    rows.append((f"decode rate, same {args.sample} files, interleaved (median of {args.rounds})",
+    add((f"decode rate, same {args.sample} files, interleaved (median of {args.rounds})",
                  f"{med(ours_r, 0):.0f} img/s", f"one-process Pillow loop at full resolution: "
                  f"{med(theirs_r, 0):.0f} img/s", f"{med(ours_r, 0) / med(theirs_r, 0):.2f}x (target >= 2x)"))
-    rows.append(("decode CPU time per image (all processes)", f"{med(ours_r, 1):.1f} ms",
+    add(("decode CPU time per image (all processes)", f"{med(ours_r, 1):.1f} ms",
                  f"Pillow loop: {med(theirs_r, 1):.1f} ms",
                  f"{med(theirs_r, 1) / med(ours_r, 1):.2f}x less work per image"))
 
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
              "--out-dir", str(args.workdir / "runs")]
     train_s, train_peak, _ = run_sampled(
         train + ["--run-name", "one", "--cache-dir", str(args.workdir / "feat1")], env, "self")
-    rows.append(("`transferlab train`, head stage on cached features (1 process)",
+    add(("`transferlab train`, head stage on cached features (1 process)",
                  f"peak RssAnon {train_peak / 2**30:.2f} GiB ({train_s:.0f} s)",
                  f"decoded cache {decoded / 2**30:.2f} GiB",
                  f"{train_peak / decoded:.0%} (target < 50%)"))
@@ -269,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
            "-m", "transferlab"] + train[3:] + ["--run-name", "ddp", "--cache-dir",
                                                str(args.workdir / "feat1"), "--device", "cpu"]
     ddp_s, ddp_peak, _ = run_sampled(ddp, {**env, "OMP_NUM_THREADS": "1"}, "ranks")
-    rows.append(("torchrun, 2 CPU ranks (gloo): summed peak RssAnon of the ranks",
+    add(("torchrun, 2 CPU ranks (gloo): summed peak RssAnon of the ranks",
                  f"{ddp_peak / 2**30:.2f} GiB ({ddp_s:.0f} s)", f"one decoded copy {decoded / 2**30:.2f} GiB",
                  f"{ddp_peak / decoded:.0%} (target < 100%)"))
 
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
          "print(statistics.median(t))", f"folder:{photos}", str(data_root)],
         env=env, capture_output=True, text=True, check=True)
     warm_s = float(warm.stdout.split()[-1])
-    rows.append(("warm load of the decoded cache (`load_dataset`, median of 5)", f"{warm_s:.2f} s",
+    add(("warm load of the decoded cache (`load_dataset`, median of 5)", f"{warm_s:.2f} s",
                  f"{len(files)} images, {decoded / 2**30:.2f} GiB", "target < 1 s"))
     load_after = os.getloadavg()
 
