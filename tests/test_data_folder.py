@@ -350,3 +350,16 @@ def test_data_info_names_where_each_split_came_from(tmp_path: Path, capsys: pyte
 def test_unknown_spec_is_explained() -> None:
     with pytest.raises(TransferlabError, match="cifar100, cifar10, folder:PATH"):
         load_dataset("imagenet")
+
+
+def test_every_aspect_ratio_resizes_to_the_target() -> None:
+    """Float rounding in the crop box never leaves the image (a ValueError from Pillow)."""
+    from transferlab.data.images import _shorter_side_then_crop
+
+    for w in range(1, 120, 7):
+        for h in (1, 3, 37, 75, 100, 113, 375):
+            for side in (16, 32, 224, 256):
+                out = _shorter_side_then_crop(Image.new("RGB", (w, h)), (side, side))
+                assert out.size == (side, side)
+    for w, h in ((98, 98), (82, 49), (500, 375), (4032, 3024), (333, 1000), (1001, 667)):
+        assert _shorter_side_then_crop(Image.new("RGB", (w, h)), (256, 256)).size == (256, 256)

@@ -91,8 +91,8 @@ def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int]) -> Image.Im
     # Resample only the centred region that the crop keeps (Pillow's `box`): the same result as
     # resizing the whole image and then cropping, without computing pixels that are thrown away.
     # Pillow's filters antialias when shrinking (the filter widens with the scale).
-    bw, bh = tw / scale, th / scale
-    left, top = (w - bw) / 2, (h - bh) / 2
+    bw, bh = min(w, tw / scale), min(h, th / scale)  # min: float rounding must not leave the image
+    left, top = max(0.0, (w - bw) / 2), max(0.0, (h - bh) / 2)
     return img.resize((tw, th), Image.BICUBIC, box=(left, top, left + bw, top + bh))
 
 
