@@ -33,6 +33,7 @@ from transferlab.data.transforms import BatchTransform
 from transferlab.models import count_parameters, create_model, freeze
 from transferlab.training import Batches, train_one_epoch
 from transferlab.training import features as feats
+from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import select_precision
 from transferlab.training.optim import build_optimizer
 
@@ -183,6 +184,7 @@ def extraction(work: Workload, images: np.ndarray, device: torch.device, *, back
     Returns:
         {"timing": Timing, "backend": str, "setup_s": float, "flops_per_image": float}
     """
+    keep_freed_memory()  # as `transferlab train` sets it before it extracts
     model = build(_frozen(work), device, channels_last)
     prefix, _ = feats.split_model(model, "head")
     prefix.eval()

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from transferlab.config import EarlyStoppingConfig
 from transferlab.training.checkpoint import cpu_state_dict, unwrap
+from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import Precision, Timer, synchronize
 from transferlab.training.distributed import DistContext, all_reduce_sum
 
@@ -172,6 +173,9 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     dtype = torch.float32 if device.type == "mps" else torch.float64
     pending = torch.zeros(2, dtype=dtype, device=device)  # loss sum, top-1 hits since the last read
     pending_count = 0
+    # Reuse freed buffers instead of page-faulting them in every step (the process may not have
+    # come through train_run, e.g. the benchmark or a notebook).
+    keep_freed_memory()
     model.train()
     bar = tqdm(total=len(batches), initial=start_step, desc=desc, leave=False, disable=quiet,
                unit="batch", dynamic_ncols=True)
@@ -249,6 +253,7 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
     precision = precision or Precision(None, False)
     device = batches.device
     was_training = model.training
+    keep_freed_memory()
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     kept_logits, kept_labels = [], []

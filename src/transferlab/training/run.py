@@ -30,6 +30,7 @@ from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text
 from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
+from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import select_device, select_precision
 from transferlab.training.engine import StageProgress
 from transferlab.training.interrupt import InterruptFlag
@@ -66,6 +67,7 @@ def train_run(config: TrainConfig, resume: bool = False) -> Path:
     """
     ctx = dist_utils.from_environment()
     device = select_device(config.device, ctx.local_rank)
+    keep_freed_memory()  # CPU tensors (extraction, training, evaluation) reuse freed blocks
     dist_utils.init_process_group(ctx, device)
     run = RunContext(config, resume, ctx, device, select_precision(config.amp, device))
     try:
