@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import tempfile
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ class Row:
         ours_peak: transferlab's figure as a fraction of the machine's peak, if known.
         theirs_peak: the peer's figure as a fraction of the machine's peak, if known.
         note: why a figure is missing, or how it was obtained.
+        repeat_ratios: the ratio of each repeat when the row combines several (`median_rows`):
+            then `ratio` is their median, not ours / theirs of the median figures.
     """
 
     section: str
@@ -45,10 +49,13 @@ class Row:
     ours_peak: float | None = None
     theirs_peak: float | None = None
     note: str = ""
+    repeat_ratios: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float | None:
         """How many times transferlab is ahead of the peer (None when either side is missing)."""
+        if self.repeat_ratios:
+            return statistics.median(self.repeat_ratios)
         if self.ours is None or self.theirs is None or self.ours <= 0 or self.theirs <= 0:
             return None
         return self.ours / self.theirs if self.higher_is_better else self.theirs / self.ours
@@ -65,6 +72,38 @@ class Row:
     def to_dict(self) -> dict:
         """The row as plain data, with its derived ratio and status (for the JSON dump)."""
         return {**asdict(self), "ratio": self.ratio, "status": self.status}
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def median_rows(repeats: Sequence[Sequence[Row]]) -> list[Row]:
+    """One row per figure from several repeats of the same rows (same order in every repeat).
+
+    Each side is the median of its repeats, and the ratio is the median of the repeats' own
+    ratios (each repeat compares figures measured minutes apart, not a figure of repeat 1 with
+    one of repeat 3); the note gives their range. Setting and note (which may carry per-repeat
+    details such as a setup time) come from the repeat whose ratio is the median. A single
+    repeat is returned as it is.
+    """
+    if len(repeats) == 1:
+        return list(repeats[0])
+    combined = []
+    for versions in zip(*repeats, strict=True):
+        rated = sorted((r for r in versions if r.ratio is not None), key=lambda r: r.ratio)
+        middle = rated[(len(rated) - 1) // 2] if rated else versions[0]
+        ratios = tuple(r.ratio for r in versions if r.ratio is not None)
+        note = middle.note
+        if len(ratios) > 1:
+            note = "; ".join(n for n in (note, f"ratio: median of {len(ratios)} repeats, range "
+                                               f"x{format_number(min(ratios))}-x{format_number(max(ratios))}") if n)
+        combined.append(dataclasses.replace(
+            middle, ours=_median(r.ours for r in versions), theirs=_median(r.theirs for r in versions),
+            ours_peak=_median(r.ours_peak for r in versions),
+            theirs_peak=_median(r.theirs_peak for r in versions), note=note, repeat_ratios=ratios))
+    return combined
 
 
 def format_number(value: float | None, digits: int = 3) -> str:

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import presets  # noqa: E402
 import tl_workloads as tl  # noqa: E402
 import torch  # noqa: E402
-from results_md import Row, console_table, results_markdown, write_atomic  # noqa: E402
+from results_md import Row, console_table, median_rows, results_markdown, write_atomic  # noqa: E402
 
 from transferlab.errors import TransferlabError  # noqa: E402
 
@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", type=Path, default=ROOT / "configs", help="folder of preset configs")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="markdown report to write")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow peer")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repeats of every measurement, transferlab then Keras each time; "
+                        "each row's ratio is the median of the repeats' ratios (default 3; 1 with --quick)")
     p.add_argument("--extract-backend", choices=("auto", "eager", "compile", "onnxruntime"), default=None,
                    help="feature-extraction backend of the extraction rows (default: auto, what "
                         "`transferlab train` picks)")
@@ -379,7 +382,8 @@ def measure_transferlab(ctx: dict[str, Any], images: np.ndarray, labels: np.ndar
             f"head stage {name}",
             lambda w=head, n=n: tl.head_stage(w, images[:n], labels[:n], device, epochs=HEAD_EPOCHS,
                                               eval_batch=2 * w.batch), errors)
-    ctx["decode"] = attempt("decode", lambda: tl.decode(args.data, budget.decode_images, CACHE), errors)
+    if ctx["decode"] is None:  # a cold-cache decode is measured once per run, not per repeat
+        ctx["decode"] = attempt("decode", lambda: tl.decode(args.data, budget.decode_images, CACHE), errors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,33 +412,48 @@ def main(argv: list[str] | None = None) -> int:
     except TransferlabError as err:
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
+    errors: dict[str, str] = {}
+    keras_runs: list[dict[str, Any]] = []
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    if repeats < 1:
+        print(f"bench: error: --repeats must be >= 1, got {repeats}", file=sys.stderr)
+        return 2
     load_before = harness.load_average()
-    ctx: dict[str, Any] = {
-        "presets": all_presets, "budget": budget, "errors": {},
-        "train": {}, "train_cached": {}, "pipeline": {}, "extract": {}, "head": {}, "decode": None,
-        "extract_backend": args.extract_backend,
-        "data_name": args.data.name,
-    }
-    peak_n = budget.peak_n * (2 if device.type == "cuda" else 1)
-    ctx["peak_n"] = peak_n
-    log(f"matmul peak ({peak_n}x{peak_n} float32) on {device}")
-    ctx["torch_peak"] = ctx["peak"] = harness.matmul_peak(device, n=peak_n)
     facts = harness.machine_facts(device)
-    ctx["device_name"] = facts.device
-    measure_transferlab(ctx, images, labels, device, budget, args)
+    jobs = keras_jobs(all_presets, budget)
     why_not = "--no-keras given" if args.no_keras else keras_unavailable(device)
-    if why_not:
-        ctx["keras"] = {"skipped": f"not run: {why_not}"}
-    else:
-        log("Keras peer (its own process)")
-        ctx["keras"] = run_keras(keras_jobs(all_presets, budget), images, labels,
-                                 args.threads, device)
-        env = ctx["keras"].get("environment", {})
-        if device.type == "cuda" and not env.get("gpus"):
-            ctx["keras"] = {"skipped": "not run: TensorFlow sees no GPU (install tensorflow[and-cuda])",
-                            "environment": env}
+    # Interleaved repeats (ours, theirs, ours, theirs, ...): load that comes and goes on a shared
+    # machine then hits both sides alike, and each row's ratio is the median of the repeats' ratios.
+    repeat_rows: list[list[Row]] = []
+    decode = None
+    for index in range(repeats):
+        ctx: dict[str, Any] = {
+            "presets": all_presets, "budget": budget, "errors": {},
+            "train": {}, "train_cached": {}, "pipeline": {}, "extract": {}, "head": {}, "decode": decode,
+            "extract_backend": args.extract_backend,
+            "data_name": args.data.name,
+        }
+        peak_n = budget.peak_n * (2 if device.type == "cuda" else 1)
+        ctx["peak_n"] = peak_n
+        log(f"repeat {index + 1}/{repeats}: matmul peak ({peak_n}x{peak_n} float32) on {device}")
+        ctx["torch_peak"] = ctx["peak"] = harness.matmul_peak(device, n=peak_n)
+        ctx["device_name"] = facts.device
+        measure_transferlab(ctx, images, labels, device, budget, args)
+        decode = ctx["decode"]
+        if why_not:
+            ctx["keras"] = {"skipped": f"not run: {why_not}"}
+        else:
+            log(f"repeat {index + 1}/{repeats}: Keras peer (its own process)")
+            ctx["keras"] = run_keras(jobs, images, labels, args.threads, device)
+            env = ctx["keras"].get("environment", {})
+            if device.type == "cuda" and not env.get("gpus"):
+                ctx["keras"] = {"skipped": "not run: TensorFlow sees no GPU (install tensorflow[and-cuda])",
+                                "environment": env}
+        repeat_rows.append(build_rows(ctx))
+        errors.update({f"repeat {index + 1}: {k}" if repeats > 1 else k: v for k, v in ctx["errors"].items()})
+        keras_runs.append(ctx["keras"])
     load_after = harness.load_average()
-    rows = build_rows(ctx)
+    rows = median_rows(repeat_rows)
     elapsed = time.perf_counter() - started
 
     env = ctx["keras"].get("environment", {})
@@ -460,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "images": f"{len(labels)} real training images from {args.data.name} (decoded once by transferlab)",
         "weights": "random initialisation everywhere: throughput does not depend on weight values",
         "budget": (f"{'quick' if args.quick else 'full'}: {budget.warmup} warm-up + {budget.repeats} timed "
-                   f"steps per training row (median), {HEAD_EPOCHS} head epochs"),
+                   f"steps per training row (median), {HEAD_EPOCHS} head epochs; {repeats} interleaved "
+                   "repeats (transferlab, then Keras), each ratio the median of the repeats' ratios"),
         "run time": f"{elapsed / 60:.1f} min",
     }
     intro = [
@@ -471,15 +491,15 @@ def main(argv: list[str] | None = None) -> int:
            if max(load_before[0], load_after[0]) > facts.cpus_usable else ""),
     ]
     remarks = ["", "Where a target is missed, bench/README.md ('Known gaps') says what remains and why."]
-    if ctx["errors"]:
-        remarks += ["", "Measurements that failed:", *[f"- {k}: {v}" for k, v in ctx["errors"].items()]]
+    if errors:
+        remarks += ["", "Measurements that failed:", *[f"- {k}: {v}" for k, v in errors.items()]]
     print(console_table(rows))
     write_atomic(args.out, results_markdown(rows, command=command, facts=fact_lines,
                                             peer_labels=PEER_LABELS, intro=intro, remarks=remarks))
     CACHE.mkdir(parents=True, exist_ok=True)
     write_atomic(CACHE / "results.json", json.dumps(
         {"command": command, "facts": fact_lines, "rows": [r.to_dict() for r in rows],
-         "keras": ctx["keras"], "errors": ctx["errors"]}, indent=1, default=str))
+         "keras": keras_runs, "errors": errors}, indent=1, default=str))
     log(f"wrote {args.out} in {elapsed / 60:.1f} min")
     return 0
 

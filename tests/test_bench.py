@@ -125,6 +125,25 @@ def _rows() -> list[Row]:
     ]
 
 
+def test_median_rows_takes_the_median_of_each_repeats_ratio():
+    def row(ours, theirs, note=""):
+        return Row("Training", "cnn", "224px", "img/s", ours, theirs, True, 1.0, note=note)
+
+    # Ratios per repeat: 0.5, 3.0, 1.2 -> median 1.2, although the medians of each side
+    # (200 / 200) would say 1.0: the ratio compares figures measured side by side.
+    rows = results_md.median_rows([[row(100.0, 200.0, "a")], [row(300.0, 100.0, "b")],
+                                   [row(240.0, 200.0, "c")]])
+    (combined,) = rows
+    assert combined.ours == pytest.approx(240.0) and combined.theirs == pytest.approx(200.0)
+    assert combined.ratio == pytest.approx(1.2) and combined.status == "met"
+    assert combined.note.startswith("c;") and "median of 3 repeats" in combined.note
+    assert "x0.500-x3.00" in combined.note
+    # A repeat without the peer's figure does not count; one repeat is passed through unchanged.
+    partial = results_md.median_rows([[row(100.0, 200.0)], [row(100.0, None)]])[0]
+    assert partial.ratio == pytest.approx(0.5)
+    assert results_md.median_rows([[row(1.0, 2.0)]])[0] == row(1.0, 2.0)
+
+
 def test_row_ratio_and_status():
     cnn, big, epoch, missing, peak = _rows()
     assert cnn.ratio == pytest.approx(3.0) and cnn.status == "met"
