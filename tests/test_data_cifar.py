@@ -109,3 +109,26 @@ def test_archive_with_wrong_layout_is_named(tmp_path: Path) -> None:
     with pytest.raises(TransferlabError, match="layout of the official"):
         load_cifar(_source_for(archive), root=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]
+
+
+def test_sources_agree_with_torchvisions_record() -> None:
+    tv = pytest.importorskip("torchvision.datasets")
+    from transferlab.data.cifar import CIFAR10_SOURCE
+
+    for source, cls in ((CIFAR10_SOURCE, tv.CIFAR10), (CIFAR100_SOURCE, tv.CIFAR100)):
+        assert (source.url, source.filename, source.md5, source.base_folder) == (
+            cls.url, cls.filename, cls.tgz_md5, cls.base_folder)
+        assert source.train_files == tuple(f for f, _ in cls.train_list)
+        assert source.test_files == tuple(f for f, _ in cls.test_list)
+        assert (source.meta_file, source.names_key) == (cls.meta["filename"], cls.meta["key"])
+
+
+def test_importing_the_data_layer_does_not_import_torch() -> None:
+    # `transferlab data info` on a warm cache must not pay for torch/torchvision (seconds).
+    import subprocess
+    import sys
+
+    code = ("import sys, transferlab.data, transferlab.data.cifar; "
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

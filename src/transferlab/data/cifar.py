@@ -1,12 +1,13 @@
 """CIFAR-10 and CIFAR-100 from the official python archives.
 
-Download and checksum use torchvision's dataset utilities and torchvision's record of the official
-URLs and MD5s; parsing reads the official pickle keys ourselves because torchvision's dataset class
+Download and extraction use torchvision's dataset utilities (imported only when needed), the URLs
+and MD5s are torchvision's record of the official files; parsing reads the official pickle keys ourselves because torchvision's dataset class
 drops CIFAR-100's coarse labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shutil
@@ -15,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
-
 from transferlab.data.cache import data_root, load_arrays, save_arrays, stable_hash
 from transferlab.data.dataset import ImageDataset, Split
 from transferlab.errors import TransferlabError
@@ -41,32 +39,39 @@ class CifarSource:
     coarse_names_key: str | None = None
 
 
-def _from_torchvision(name: str, cls: type, label_key: str, coarse: bool) -> CifarSource:
-    return CifarSource(
-        name=name,
-        url=cls.url,
-        filename=cls.filename,
-        md5=cls.tgz_md5,
-        base_folder=cls.base_folder,
-        train_files=tuple(f for f, _ in cls.train_list),
-        test_files=tuple(f for f, _ in cls.test_list),
-        meta_file=cls.meta["filename"],
-        label_key=label_key,
-        names_key=cls.meta["key"],
-        coarse_label_key="coarse_labels" if coarse else None,
-        coarse_names_key="coarse_label_names" if coarse else None,
-    )
+# The official archives as torchvision records them (torchvision.datasets.CIFAR10/100: url,
+# filename, tgz_md5, base_folder, train_list, test_list, meta); tests/test_data_cifar.py checks
+# that they still agree. Written out so that `import transferlab.data` does not import torchvision
+# and torch (several seconds) for a command such as `data info` that never needs them.
+CIFAR10_SOURCE = CifarSource(
+    name="cifar10", url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    filename="cifar-10-python.tar.gz", md5="c58f30108f718f92721af3b95e74349a",
+    base_folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_files=("test_batch",),
+    meta_file="batches.meta", label_key="labels", names_key="label_names",
+)
+CIFAR100_SOURCE = CifarSource(
+    name="cifar100", url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    filename="cifar-100-python.tar.gz", md5="eb9058c3a382ffc7106e4002c42a8d85",
+    base_folder="cifar-100-python", train_files=("train",), test_files=("test",),
+    meta_file="meta", label_key="fine_labels", names_key="fine_label_names",
+    coarse_label_key="coarse_labels", coarse_names_key="coarse_label_names",
+)
 
 
-CIFAR10_SOURCE = _from_torchvision("cifar10", CIFAR10, "labels", coarse=False)
-CIFAR100_SOURCE = _from_torchvision("cifar100", CIFAR100, "fine_labels", coarse=True)
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fetch_archive(source: CifarSource, root: Path, download: bool) -> Path:
     """Return the verified archive path, downloading it if allowed; never leave a partial file."""
     archive = root / source.filename
     if archive.is_file():
-        actual = calculate_md5(archive)
+        actual = _md5(archive)
         if actual != source.md5:
             raise TransferlabError(
                 f"{archive} is corrupt or not the official file: MD5 {actual}, expected {source.md5}. "
@@ -82,6 +87,8 @@ def _fetch_archive(source: CifarSource, root: Path, download: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download.", dir=root))
     try:
+        from torchvision.datasets.utils import download_url  # only when downloading
+
         # download_url verifies the MD5 and raises if it does not match.
         download_url(source.url, tmp, source.filename, source.md5)
         os.replace(tmp / source.filename, archive)
@@ -149,6 +156,8 @@ def load_cifar(
     if cached is None:
         archive = _fetch_archive(source, root_path, download)
         with tempfile.TemporaryDirectory(prefix=".extract.", dir=root_path) as tmp:
+            from torchvision.datasets.utils import extract_archive  # only on a cold cache
+
             extract_archive(archive, tmp)
             try:
                 arrays, meta = _parse(source, Path(tmp) / source.base_folder)

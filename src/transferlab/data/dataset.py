@@ -9,9 +9,12 @@ memory-mapped split that copy is the whole dataset in process memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where rows are gathered: `data info` never needs it
+    import torch
 
 
 @dataclass
@@ -60,8 +63,6 @@ class ArrayRows:
         indices: the rows of `array` this view holds, in order (None: all of them).
     """
 
-    device = torch.device("cpu")
-
     def __init__(self, array: np.ndarray, indices: np.ndarray | None = None) -> None:
         self.array = array
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
@@ -75,11 +76,22 @@ class ArrayRows:
         return (len(self), *self.array.shape[1:])
 
     @property
+    def device(self) -> torch.device:
+        """Where the gathered rows are: the CPU."""
+        import torch
+
+        return torch.device("cpu")
+
+    @property
     def dtype(self) -> torch.dtype:
         """The rows' torch dtype."""
+        import torch
+
         return torch.from_numpy(np.empty(0, self.array.dtype)).dtype
 
     def __getitem__(self, index: torch.Tensor | np.ndarray | slice | int) -> torch.Tensor:
+        import torch
+
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
         rows = np.arange(len(self))[index] if self.indices is None else self.indices[index]
