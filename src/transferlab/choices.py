@@ -17,3 +17,10 @@ EXTRACT_BACKENDS = ("auto", "eager", "compile", "onnxruntime")
 LABELS = ("fine", "coarse")  # CIFAR-100 label sets
 # What a folder given to predict is searched for (case-insensitive); other files are skipped.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")  # transferlab export --format
+EXPORT_NAMES = {  # file written into RUN_DIR when export's --out is not given
+    "onnx": "model.onnx",
+    "torchscript": "model.torchscript.pt",
+    "safetensors": "model.safetensors",
+}
+ONNX_LOGIT_TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| logit, relative to max(1, max |logit|)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.export import DEFAULT_NAMES, FORMATS, LOGIT_TOLERANCE, export_run
-from transferlab.export.contract import resize_rule
+from transferlab.choices import EXPORT_FORMATS as FORMATS
+from transferlab.choices import EXPORT_NAMES as DEFAULT_NAMES
+from transferlab.choices import ONNX_LOGIT_TOLERANCE as LOGIT_TOLERANCE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Export and say what was written and how to use it."""
+    # torch and ONNX: only when the command runs, not for --help.
+    from transferlab.export import export_run
+    from transferlab.export.contract import resize_rule
+
     result = export_run(args.run_dir, args.format, out=args.out, opset=args.opset)
     model = result.model
     cfg = model.pretrained_cfg

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from transferlab.commands._common import add_dataset_args
 from transferlab.errors import TransferlabError
-from transferlab.ranking import RankOptions, format_table, rank_models, resolve_candidates
-from transferlab.ranking.rank import DEFAULT_MAX_IMAGES, RANK_CSV, RANK_FIGURE
-from transferlab.results.ranking import RANK_FILE
+from transferlab.results.ranking import DEFAULT_MAX_IMAGES, RANK_FILE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,6 +57,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Rank the candidates, print the table and where the files went."""
+    # The ranking code imports torch and timm: only when the command runs, not for --help.
+    from transferlab.ranking import RankOptions, format_table, rank_models, resolve_candidates
+    from transferlab.ranking.rank import RANK_CSV, RANK_FIGURE
+
     if not args.dataset:
         raise TransferlabError("--dataset is required, e.g. --dataset folder:../shared/data/cifar10-jpeg.tar.gz")
     if args.input_size is not None and args.input_size < 16:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from transferlab.choices import EXPORT_FORMATS, EXPORT_NAMES
 from transferlab.errors import TransferlabError
 from transferlab.export.contract import export_metadata
 from transferlab.export.onnx_file import LOGIT_TOLERANCE, OnnxClassifier, write_onnx
@@ -20,13 +21,9 @@ from transferlab.export.safetensors_file import SafetensorsLayout, write_safeten
 from transferlab.export.torchscript_file import write_torchscript
 from transferlab.models import TransferModel, load_checkpoint_model
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = EXPORT_FORMATS
 CHECKPOINT = "best.pt"
-DEFAULT_NAMES = {  # file written into RUN_DIR when --out is not given
-    "onnx": "model.onnx",
-    "torchscript": "model.torchscript.pt",
-    "safetensors": "model.safetensors",
-}
+DEFAULT_NAMES = EXPORT_NAMES  # file written into RUN_DIR when --out is not given
 
 __all__ = ["FORMATS", "LOGIT_TOLERANCE", "ExportResult", "OnnxClassifier", "export_run"]
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.choices import ONNX_LOGIT_TOLERANCE
 from transferlab.errors import TransferlabError
 from transferlab.export.contract import (
     INPUT_NAME,
@@ -29,7 +30,7 @@ from transferlab.io import atomic_write
 from transferlab.models import PreprocessConfig, TransferModel
 from transferlab.models.onnx_io import export_onnx, max_abs_diff, ort_session, set_metadata
 
-LOGIT_TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| logit, relative to max(1, max |logit|)
+LOGIT_TOLERANCE = ONNX_LOGIT_TOLERANCE  # largest |ONNX Runtime - PyTorch| logit, relative to max(1, max |logit|)
 CHECK_BATCH = 4  # random images in the check batch (also the export example: a batch of 1 would
 # be specialised to a fixed batch axis)
 

@@ -37,12 +37,11 @@ from transferlab.io import atomic_write_text
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
-from transferlab.results.ranking import RANK_FILE, kendall_tau
+from transferlab.results.ranking import DEFAULT_MAX_IMAGES, RANK_FILE, kendall_tau  # noqa: F401 - re-exported
 
 RANK_CSV = "rank.csv"
 RANK_FIGURE = "rank.png"
 PROBE_FRACTION = 0.2  # share of the subset held out to score the linear probe
-DEFAULT_MAX_IMAGES = 5000  # a few minutes for three small backbones on a laptop CPU at 96 px
 AUTO_UPSCALE = 3  # auto input size: at most this many times the images' native size ...
 AUTO_MIN_SIZE = 96  # ... but at least this (ImageNet features need objects near their scale)
 TIMING_BATCHES = 2  # batches timed when every feature came from the cache

@@ -17,6 +17,9 @@ import numpy as np
 
 from transferlab.errors import TransferlabError
 
+# `transferlab rank`'s default image budget (here, torch-free, so that --help can show it).
+DEFAULT_MAX_IMAGES = 5000  # a few minutes for three small backbones on a laptop CPU at 96 px
+
 RANK_FILE = "rank.json"
 
 
