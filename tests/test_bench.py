@@ -299,3 +299,45 @@ def test_keras_mobilenet_v2_from_the_table_matches_transferlab(kwargs):
     # Keras counts BatchNorm's moving statistics as (non-trainable) weights; PyTorch keeps them as buffers.
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
     assert trainable == sum(p.numel() for p in ours.parameters())
+
+
+def test_main_interleaves_repeats_and_reports_the_median_ratio(tmp_path, monkeypatch):
+    """The whole of main() with measurements stubbed: N repeats in turn, one RESULTS.md."""
+    run = _load_run_module()
+    work = presets.FALLBACKS["quick"]["benchmark_cnn"]
+    head = presets.FALLBACKS["quick"]["inception_v3"]
+    preset = presets.Preset("quick", [(work, "bench default")], (head, "bench default"), [])
+    step_times = iter([0.1, 0.4, 0.2])  # one training step time per repeat
+    order = []
+
+    def measure(ctx, images, labels, device, budget, args):
+        order.append("transferlab")
+        t = next(step_times)
+        ctx["train"][("quick", work.model)] = {"timing": harness.Timing((t,), items_per_call=work.batch),
+                                               "flops_per_image": 1e7, "precision": "fp32"}
+        ctx["head"]["quick"] = {"epoch_times_s": [0.01] * 10, "total_s": 1.1, "extract_s": 1.0,
+                                "backend": "eager"}
+        if ctx["decode"] is None:
+            order.append("decode")
+            ctx["decode"] = {"images": 100, "seconds": 0.5}
+
+    def keras(jobs, images, labels, threads, device):
+        order.append("keras")
+        return {"jobs": {f"train:quick:{work.model}": {"batch": work.batch, "times_s": [0.2]}}}
+
+    monkeypatch.setattr(run, "load_images", lambda archive, count: (None, [0] * count))
+    monkeypatch.setattr(run.presets, "resolve", lambda name, configs: preset)
+    monkeypatch.setattr(run.harness, "matmul_peak", lambda device, n: 1e11)
+    monkeypatch.setattr(run, "measure_transferlab", measure)
+    monkeypatch.setattr(run, "keras_unavailable", lambda device: None)
+    monkeypatch.setattr(run, "run_keras", keras)
+    monkeypatch.setattr(run, "CACHE", tmp_path / "cache")
+    out = tmp_path / "RESULTS.md"
+    assert run.main(["--quick", "--repeats", "3", "--device", "cpu", "--out", str(out)]) == 0
+    assert order == ["transferlab", "decode", "keras", "transferlab", "keras", "transferlab", "keras"]
+    # Ratios per repeat: Keras 0.2 s per step against 0.1, 0.4, 0.2 -> x2, x0.5, x1: median x1.
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith(f"| {work.model}"))
+    assert "| x1.00 |" in row and "median of 3 repeats, range x0.500-x2.00" in row
+    assert "3 interleaved repeats" in text
+    assert run.main(["--quick", "--repeats", "0", "--out", str(out)]) == 2
