@@ -249,6 +249,7 @@ def predict_from_checkpoint(
 
     from transferlab.data import load_dataset
     from transferlab.data.transforms import BatchTransform
+    from transferlab.training.prepare import run_stored_size
     from transferlab.models import load_checkpoint_model
 
     run_dir = Path(run_dir)
@@ -266,6 +267,7 @@ def predict_from_checkpoint(
         data_root=config.get("data_root"),
         image_size=config.get("image_size"),
         labels=config.get("labels") or "fine",
+        target_size=run_stored_size(config),
     )
     pre = model.pretrained_cfg
     size = config.get("input_size")

@@ -182,6 +182,7 @@ def _data_section(doc: Document, run: RunRecord, fig_dir: Path) -> None:
     """The data figures (class counts per split, samples, augmentation) for the runs' dataset."""
     from transferlab.data import SplitIndices, load_dataset
     from transferlab.data import plots as data_plots
+    from transferlab.training.prepare import run_stored_size
 
     doc.add(Heading("Data"))
     config = yaml.safe_load(run.config_text) or {}
@@ -189,7 +190,8 @@ def _data_section(doc: Document, run: RunRecord, fig_dir: Path) -> None:
     try:
         ds = load_dataset(spec, data_root=config.get("data_root"),
                           image_size=config.get("image_size"),
-                          labels=config.get("labels") or "fine", download=False)
+                          labels=config.get("labels") or "fine", download=False,
+                          target_size=run_stored_size(config))
     except (TransferlabError, OSError) as err:
         doc.add(Paragraph(f"The data figures were skipped: dataset `{spec}` could not be loaded "
                           f"({err})."))

@@ -74,6 +74,17 @@ def stored_size(config: TrainConfig) -> int:
     return round(size / 0.875)
 
 
+def run_stored_size(config: dict) -> int | None:
+    """`stored_size` of a saved run config (config.yaml as a dict), so readers of a run
+    (evaluate, report) find the decoded images the run used; None when it cannot be resolved."""
+    from transferlab.config import config_from_dict
+
+    try:
+        return stored_size(config_from_dict(config))
+    except (TransferlabError, KeyError, TypeError):
+        return None
+
+
 def split_sources(run: RunContext) -> dict[str, str]:
     """Where each split of the run came from, in words (printed and kept in summary.json)."""
     sources = dict(getattr(run.dataset, "split_sources", None) or {})
