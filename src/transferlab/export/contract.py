@@ -52,6 +52,9 @@ def resize_rule(cfg: PreprocessConfig) -> str:
     how = f"{cfg.interpolation} interpolation with antialiasing"
     if cfg.crop_mode == "squash":
         return f"resize the whole image to {h} x {w} (height x width; aspect ratio not kept), {how}"
+    if cfg.crop_mode == "center" and cfg.crop_pct == 1.0 and h == w:
+        return (f"resize the shorter side to {h} px (aspect ratio kept), {how}, then crop "
+                f"{h} x {w} at the centre")
     return (
         f"resize so that a {h} x {w} crop covers {cfg.crop_pct:g} of the image ({cfg.crop_mode} "
         f"crop mode, timm's evaluation transform), {how}, then crop {h} x {w} at the centre"
