@@ -324,9 +324,12 @@ def decode(archive: Path, count: int, workdir: Path) -> dict:
 
 
 def _subset_archive(archive: Path, out: Path, count: int) -> None:
-    """Copy `count` train JPEGs and count // 10 test JPEGs (round-robin over classes) into a tar."""
+    """Copy `count` train JPEGs and count // 10 test JPEGs, at most a tenth of each from any one
+    class folder (the archive lists classes one after another: the first `count` files would all
+    be one class, which the folder loader rightly refuses), into a tar."""
     per_split = {"train": count, "test": max(count // 10, 1)}
     taken = {"train": 0, "test": 0}
+    per_class: dict[tuple[str, str], int] = {}
     tmp = out.with_suffix(".tmp")
     with tarfile.open(archive, "r:*") as src, tarfile.open(tmp, "w") as dst:
         for member in src:
@@ -336,6 +339,10 @@ def _subset_archive(archive: Path, out: Path, count: int) -> None:
                 if all(taken[s] >= per_split[s] for s in per_split):
                     break
                 continue
+            key = (split, parts[-2] if len(parts) > 1 else "")
+            if per_class.get(key, 0) >= max(per_split[split] // 10, 1):
+                continue
+            per_class[key] = per_class.get(key, 0) + 1
             dst.addfile(member, src.extractfile(member))
             taken[split] += 1
     tmp.replace(out)
