@@ -71,22 +71,27 @@ def test_losing_the_rename_race_uses_the_winners_entry(tmp_path: Path,
     assert os.listdir(tmp_path) == ["entry"]  # our temporary copy is gone
 
 
-def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
+def _race_writers(entry: Path, x: np.ndarray, writers: int = 6) -> list[BaseException]:
+    """`writers` threads save the same cache entry at once; the errors any of them raised."""
     errors: list[BaseException] = []
 
     def write(rank: int) -> None:
         try:
-            for _ in range(5):
-                save_arrays(tmp_path / "entry", {"x": np.arange(1000)}, {"rank": rank})
-        except BaseException as err:  # noqa: BLE001 - collected and asserted below
+            save_arrays(entry, {"x": x}, {"rank": rank})
+        except BaseException as err:  # noqa: BLE001 - collected and returned
             errors.append(err)
 
-    threads = [threading.Thread(target=write, args=(r,)) for r in range(6)]
+    threads = [threading.Thread(target=write, args=(r,)) for r in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_concurrent_writers_all_succeed(tmp_path: Path) -> None:
+    for _ in range(5):
+        assert _race_writers(tmp_path / "entry", np.arange(1000)) == []
     np.testing.assert_array_equal(load_arrays(tmp_path / "entry")[0]["x"], np.arange(1000))
     assert os.listdir(tmp_path) == ["entry"]
 
@@ -113,20 +118,7 @@ def test_concurrent_writers_with_slow_file_system_calls(tmp_path: Path,
     monkeypatch.setattr(Path, "exists", slow_exists)
     monkeypatch.setattr(tl_io.os, "replace", slow_replace)
     for round_ in range(8):
-        errors: list[BaseException] = []
         entry = tmp_path / f"entry{round_}"
-
-        def write(rank: int, entry: Path = entry, errors: list[BaseException] = errors) -> None:
-            try:
-                save_arrays(entry, {"x": np.arange(10)}, {"rank": rank})
-            except BaseException as err:  # noqa: BLE001 - collected and asserted below
-                errors.append(err)
-
-        threads = [threading.Thread(target=write, args=(r,)) for r in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert _race_writers(entry, np.arange(10)) == []
         assert load_arrays(entry) is not None
     assert sorted(os.listdir(tmp_path)) == [f"entry{i}" for i in range(8)]

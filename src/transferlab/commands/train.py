@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import typing
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -117,7 +118,7 @@ def _file_sets(path: str | None, key: str) -> bool:
     if not path:
         return False
     try:
-        data = yaml.safe_load(open(path))
+        data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError):
         return False  # load_config reports the problem with the file
     return isinstance(data, dict) and key in data

@@ -97,9 +97,9 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     state.stage_info[stage.name] = info
     where = stage.train
     if stage.train == "top":
-        from transferlab.models.freezing import top_stage
-
-        where = f"top (from {top_stage(run.model) or 'the first stage'})"
+        # apply_freeze already traced the boundary: it is the first stage left unfrozen.
+        names = [name for name, _ in run.model.feature_stages()]
+        where = f"top (from {names[len(run.model.frozen_stages)]})"
     run.log(f"stage {si + 1}/{len(run.config.stages)} {stage.name}: train {where}, "
             f"{n_trainable:,} of {total:,} parameters trainable, {stage.optimizer} lr {stage.lr:g}, "
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
