@@ -62,7 +62,8 @@ def main() -> int:
         model = create_model(name, num_classes=10, head="linear", input_size=size).eval()
         prefix, _ = feats.split_model(model, boundary)
         prefix.eval()
-        batch = torch.randn(args.batch, 3, size, size)
+        # channels_last, as a run feeds its prefix (eager is ~1.6x faster on it than on NCHW).
+        batch = torch.randn(args.batch, 3, size, size).contiguous(memory_format=torch.channels_last)
         setups: dict[str, list[float]] = {b: [] for b in backends}
         rates: dict[str, list[float]] = {b: [] for b in backends}
         for rep in range(args.repeats):

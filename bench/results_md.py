@@ -7,12 +7,12 @@ place. Nothing here measures anything: it only formats, which keeps it testable 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
 import tempfile
 from collections.abc import Iterable, Sequence
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -258,6 +258,19 @@ def build_rows(ctx: dict[str, Any]) -> list[Row]:
             ))
             if not work.train.startswith("from:"):
                 continue
+            fast = ctx["train_fast"].get((name, work.model))
+            f_rate = fast["timing"].rate if fast else None
+            used = fast["frozen_backend"] if fast else ctx["extract_backend"] or "auto"
+            rows.append(Row(
+                SECTIONS["train"], f"{work.model} (train {work.train}, frozen part on {used})",
+                f"{name}: {work.input_size}px, batch {work.batch}, {work.optimizer.optimizer} [{source}]",
+                "img/s", f_rate, theirs, True, 1.0, fraction(flops, f_rate, peak),
+                fraction(flops, theirs, peak),
+                join_notes(errors.get(f"train fast {name} {work.model}", ""), why,
+                           "transferlab's path for an augmented stage: the frozen part runs forward "
+                           "on a fast engine every step (frozen_prefix.fast_prefix), the tail trains "
+                           "in PyTorch; both sides recompute the frozen part"),
+            ))
             cached = ctx["train_cached"].get((name, work.model))
             c_rate = cached["timing"].rate if cached else None
             c_flops = cached["flops_per_image"] if cached else None
@@ -361,6 +374,12 @@ def measure_transferlab(ctx: dict[str, Any], images: np.ndarray, labels: np.ndar
                 lambda w=work: tl.train_steps(w, images, labels, device, warmup=budget.warmup,
                                               repeats=budget.repeats), errors)
             if work.train.startswith("from:"):
+                ctx["train_fast"][(name, work.model)] = attempt(
+                    f"train fast {name} {work.model}",
+                    lambda w=work: tl.train_steps(w, images, labels, device, warmup=budget.warmup,
+                                                  repeats=budget.repeats,
+                                                  frozen_backend=ctx["extract_backend"] or "auto"),
+                    errors)
                 ctx["train_cached"][(name, work.model)] = attempt(
                     f"train cached {name} {work.model}",
                     lambda w=work: tl.train_steps_cached(w, images, labels, device, warmup=budget.warmup,
@@ -429,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     for index in range(repeats):
         ctx: dict[str, Any] = {
             "presets": all_presets, "budget": budget, "errors": {},
-            "train": {}, "train_cached": {}, "pipeline": {}, "extract": {}, "head": {}, "decode": decode,
+            "train": {}, "train_fast": {}, "train_cached": {}, "pipeline": {}, "extract": {}, "head": {}, "decode": decode,
             "extract_backend": args.extract_backend,
             "data_name": args.data.name,
         }

@@ -35,7 +35,12 @@ from transferlab.training import Batches, train_one_epoch
 from transferlab.training import features as feats
 from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import select_precision
+from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
 from transferlab.training.optim import build_optimizer
+
+# Images a training stage's frozen part runs over (what `auto` decides for): 45,000 training
+# images, the study's CIFAR-100 split, for one epoch.
+EXTRACT_SPLIT_IMAGES = 45_000
 
 
 @dataclass(frozen=True)
@@ -102,13 +107,22 @@ def as_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
 
 
 def train_steps(work: Workload, images: np.ndarray, labels: np.ndarray, device: torch.device, *,
-                warmup: int, repeats: int, amp: str = "auto", channels_last: bool = True) -> dict:
+                warmup: int, repeats: int, amp: str = "auto", channels_last: bool = True,
+                frozen_backend: str = "eager") -> dict:
     """Time training steps of `train_one_epoch` on prepared inputs (the data pipeline is timed apart).
 
+    Args:
+        frozen_backend: how a frozen part below `work.train` runs each step: "eager" (the whole
+            model in PyTorch) or what `transferlab train` does for an augmented stage
+            (`frozen_prefix.fast_prefix` with this `extract_backend`, e.g. "auto": ONNX Runtime
+            on the CPU); the step then covers the prefix's forward and the tail's training.
+
     Returns:
-        {"timing": Timing, "flops_per_image": float, "params": int, "trainable": int}
+        {"timing": Timing, "flops_per_image": float, "params": int, "trainable": int,
+         "precision": str, "frozen_backend": str}
     """
     model = build(work, device, channels_last)
+    full = model
     steps = warmup + repeats
     need = steps * work.batch
     if len(labels) < need:
@@ -119,9 +133,20 @@ def train_steps(work: Workload, images: np.ndarray, labels: np.ndarray, device: 
     # covers fetching each batch, which is then a gather from memory, as for cached features.
     with torch.no_grad():
         prepared = torch.cat([transform(x[i:i + work.batch].to(device)) for i in range(0, need, work.batch)])
+    used = "eager"
+    transform = None
+    if frozen_backend != "eager":
+        fast = fast_prefix(model, work.train, frozen_backend, prepared[:work.batch].contiguous(
+            memory_format=torch.channels_last) if channels_last else prepared[:work.batch],
+            num_images=EXTRACT_SPLIT_IMAGES, log=lambda _: None)
+        if fast is None:
+            raise RuntimeError(f"{work.model} train {work.train}: no fast frozen part "
+                               f"({frozen_backend}) was built")
+        model, prefix_fn, used = fast
+        transform = ThenPrefix(None, prefix_fn, channels_last)
     batches = Batches(prepared, y.to(device), work.batch, device=device, channels_last=channels_last,
-                      drop_last=True)
-    optimizer = build_optimizer(work.optimizer, model.parameters())
+                      drop_last=True, transform=transform)
+    optimizer = build_optimizer(work.optimizer, [p for p in model.parameters() if p.requires_grad])
     precision = select_precision(amp, device)
     seconds: list[float] = []
     # sync_every=1: the sums are read, and the clock stops, after every step.
@@ -129,12 +154,12 @@ def train_steps(work: Workload, images: np.ndarray, labels: np.ndarray, device: 
                     after_step=lambda _, totals: seconds.append(totals.seconds))
     per_step = np.diff([0.0, *seconds])[warmup:]
     sample = prepared[:2].contiguous(memory_format=torch.channels_last) if channels_last else prepared[:2]
-    model.train()
-    flops = flops_per_image(model, sample, train=True)
-    total, trainable = count_parameters(model)
+    full.train()
+    flops = flops_per_image(full, sample, train=True)  # the same work whichever engine runs the prefix
+    total, trainable = count_parameters(full)
     return {"timing": Timing(tuple(float(s) for s in per_step), work.batch),
             "flops_per_image": flops, "params": total, "trainable": trainable,
-            "precision": precision.name}
+            "precision": precision.name, "frozen_backend": used}
 
 
 def train_steps_cached(work: Workload, images: np.ndarray, labels: np.ndarray, device: torch.device, *,

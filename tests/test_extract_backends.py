@@ -60,9 +60,20 @@ def test_onnxruntime_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch)
 
 def test_auto_choice() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert feats.auto_backend(cpu, feats.ONNXRUNTIME_MIN_IMAGES - 1) == "eager"
-    assert feats.auto_backend(cpu, 50_000) == "onnxruntime"
-    assert feats.auto_backend(cuda, 50_000) == "eager"
+    limit = feats.ONNXRUNTIME_MIN_EAGER_S
+    assert feats.auto_backend(cpu, 1000, 0.9 * limit / 1000) == "eager"
+    assert feats.auto_backend(cpu, 1000, 1.1 * limit / 1000) == "onnxruntime"
+    assert feats.auto_backend(cuda, 50_000, 1.0) == "eager"
+
+
+def test_auto_times_eager_on_the_job_and_says_what_it_chose() -> None:
+    prefix, sample = _prefix("head"), torch.randn(8, 3, 32, 32)
+    notes: list[str] = []
+    _, used = feats.make_extractor(prefix, "auto", sample, 2, log=notes.append)
+    assert used == "eager" and "so eager (auto)" in notes[0]
+    notes.clear()
+    _, used = feats.make_extractor(prefix, "auto", sample, 10**9, log=notes.append)
+    assert used == "onnxruntime" and "so onnxruntime (auto)" in notes[0]
 
 
 def test_a_run_extracts_every_split_with_one_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

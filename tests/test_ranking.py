@@ -9,10 +9,10 @@ import pytest
 
 from transferlab.data import make_splits
 from transferlab.errors import TransferlabError
-from transferlab.results.ranking import kendall_tau
 from transferlab.ranking import linear_probe, log_evidence, logme, subset_fractions
 from transferlab.ranking.logme import maximize_evidence, spectrum
 from transferlab.ranking.rank import auto_input_size
+from transferlab.results.ranking import kendall_tau
 
 
 def informative(n: int = 300, k: int = 4, d: int = 16, noise: float = 1.0, seed: int = 0):

@@ -249,8 +249,8 @@ def predict_from_checkpoint(
 
     from transferlab.data import load_dataset
     from transferlab.data.transforms import BatchTransform
-    from transferlab.training.prepare import run_stored_size
     from transferlab.models import load_checkpoint_model
+    from transferlab.training.prepare import run_stored_size
 
     run_dir = Path(run_dir)
     checkpoint, config_file = run_dir / "best.pt", run_dir / "config.yaml"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from transferlab.data.cache import data_root, load_arrays, save_arrays, stable_hash
 from transferlab.data.dataset import ImageDataset, Split
 from transferlab.errors import TransferlabError

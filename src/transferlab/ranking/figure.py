@@ -23,7 +23,7 @@ def plot_rank(payload: dict[str, Any], path: Path) -> Path:
                            (axes[1], "probe_val_acc1", "linear-probe accuracy, held out")):
         values = [r[key] * (100 if key == "probe_val_acc1" else 1) for r in records]
         ax.scatter(cost, values, s=40, color="tab:blue", zorder=3)
-        for r, x, y in zip(records, cost, values):
+        for r, x, y in zip(records, cost, values, strict=True):
             ax.annotate(f"{r['rank']}. {r['model']}", (x, y), textcoords="offset points", xytext=(5, 5),
                         fontsize=8)
         ax.set_xlabel("forward pass, ms per image (feature extraction)")

@@ -340,7 +340,7 @@ def format_table(payload: dict[str, Any]) -> str:
                      f"{r['extract_images_per_s']:.0f}", f"{r['params_backbone']:,}",
                      "x".join(map(str, r["input_size"]))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     return "\n".join(lines)
 

@@ -49,8 +49,9 @@ EXTRACT_BACKENDS = ("eager", "compile", "onnxruntime")  # what make_extractor ca
 # ONNX Runtime measured below 1e-5 (models/onnx_io.py).
 TOLERANCES = {"compile": 1e-3, "onnxruntime": 1e-4}
 CHECK_IMAGES = 16  # images in ONNX Runtime's check batch
-# Below this many images, auto extracts eagerly: ONNX export + session set-up cost more than it saves.
-ONNXRUNTIME_MIN_IMAGES = 256
+# `auto` uses ONNX Runtime when eager extraction would take longer than this (seconds; see
+# `auto_backend`): below it, the export and session set-up cost about what they save.
+ONNXRUNTIME_MIN_EAGER_S = 3.0
 
 
 class PrefixModule(nn.Module):
@@ -130,38 +131,36 @@ def indices_hash(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
-def auto_backend(device: torch.device, num_images: int) -> str:
-    """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU unless the split is tiny.
+def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float) -> str:
+    """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU when eager PyTorch would
+    take more than `ONNXRUNTIME_MIN_EAGER_S` over the whole job, else eager.
 
-    Measured with `python bench/extract_backends.py --repeats 3 --batch 32 --batches 2` (random
-    weights, float32, 2 threads; median of 3 interleaved repeats, compile's set-up from the first
-    repeat only). The machine was shared and busy (load average 7-9 on 2 cores), which slows eager
-    most, so the ratios are larger than on a quiet machine; the order never changed. Set-up
-    includes the check against eager:
+    `eager_s_per_image` is measured on the job's own model, input size and machine (a timed
+    eager pass over a few images of the check batch, after the warm-up pass: `make_extractor`),
+    so the rule follows all three. The threshold comes from `python bench/extract_backends.py
+    --no-compile` on the quiet 2-core CPU (channels-last batches of 64, median of 3 interleaved
+    repeats; set-up includes the export and the check against eager):
 
-        model, size, boundary         eager img/s  onnxruntime: set-up, img/s   compile: set-up, img/s
-        mobilenet_v2 96 px, pooled         8.1        7.4 s, 106                 82 s,  44
-        mobilenet_v2 96 px, blocks.5      24.5        3.9 s, 191                 16 s,  57
-        mobilenet_v2 224 px, pooled        5.1        7.8 s,  52                 25 s,  19
-        inception_v3 75 px, pooled         6.9        6.7 s,  79                101 s,  20
-        inception_v3 224 px, pooled        2.3       47.5 s,   4.2               90 s,   3.3
+        model, size, boundary         eager img/s  onnxruntime: set-up, img/s   pays off above
+        mobilenet_v2 96 px, pooled        471          0.3 s,  935                258 images
+        mobilenet_v2 96 px, blocks.5      518          0.2 s,  990                210 images
+        mobilenet_v2 224 px, pooled        51          0.5 s,  202                 37 images
+        inception_v3 75 px, pooled        462          1.0 s,  517              4,456 images
+        inception_v3 224 px, pooled        28          2.0 s,   37                221 images
 
-    (Eager ran on NCHW batches here; a run feeds channels_last, about 1.6x faster eagerly. The
-    InceptionV3 224 px row ran beside the test suite: the busiest figures of the table.)
-    ONNX Runtime beats eager and compile at every input size and boundary measured, so the size
-    does not enter the rule; it pays for its set-up above 44-109 images here. On a quiet machine
-    eager is relatively faster and the break-even moves up (a few hundred images by the quiet
-    rates in bench/RESULTS.md), but a wrong "onnxruntime" costs at most its few seconds of set-up
-    while a wrong "eager" costs a slow pass over the whole split: the threshold sits low. On CUDA
-    the prefix runs eagerly (ONNX Runtime's CPU provider does not apply; compile is not measured
-    on GPUs here).
+    In eager seconds over the job, ONNX Runtime pays off above set-up / (1 - 1/speed-up):
+    0.4-0.7 s for MobileNetV2, 8-9 s for InceptionV3 (whose convolutions eager PyTorch already
+    runs near the machine's peak). A 3 s threshold loses at most about a second against the
+    better choice in every row, where a fixed image count (this rule's previous form, 256
+    images) lost up to 6 s on small InceptionV3 jobs. Off the CPU the prefix runs eagerly
+    (ONNX Runtime runs here on its CPU provider only; compile is not measured on GPUs).
     """
     if device.type != "cpu":
-        return "eager"  # ONNX Runtime runs here on the CPU provider only; compile is not measured on GPUs
-    return "onnxruntime" if num_images >= ONNXRUNTIME_MIN_IMAGES else "eager"
+        return "eager"
+    return "onnxruntime" if num_images * eager_s_per_image > ONNXRUNTIME_MIN_EAGER_S else "eager"
 
 
-def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
     """The prefix exported to ONNX and run by an ONNX Runtime CPU session (all cores, all graph
     optimisations); raises on any failure."""
     from transferlab.models.onnx_io import export_onnx, ort_session
@@ -173,7 +172,7 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Ten
     with torch.inference_mode(False), torch.no_grad():
         example = sample[:2].clone().contiguous()
         proto = export_onnx(prefix, example, exporters=("torchscript", "dynamo"))
-    session = ort_session(proto.SerializeToString())
+    session = ort_session(proto.SerializeToString(), spin=spin)
     input_name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -184,7 +183,8 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Ten
 
 
 def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_images: int,
-                   log: Callable[[str], None] = print) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+                   log: Callable[[str], None] = print,
+                   spin: bool = True) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Choose the fastest correct way to run the frozen prefix.
 
     A compiled or ONNX Runtime path is checked against eager on `sample` first; when it cannot be
@@ -193,27 +193,36 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
 
     Args:
         prefix: frozen module in eval mode.
-        backend: one of EXTRACT_BACKENDS ("auto" picks with `auto_backend`).
+        backend: one of EXTRACT_BACKENDS, or "auto": `auto_backend` on an eager pass timed here.
         sample: one preprocessed input batch, used to check a fast path against eager.
         num_images: how many images will be extracted (auto uses a fast path only when it pays).
         log: where the choice and any fallback are reported.
+        spin: whether ONNX Runtime's idle threads spin-wait (see `onnx_io.ort_session`).
 
     Returns:
         (function mapping an input batch to features, name of the backend used).
     """
     device = sample.device
-    if backend == "auto":
-        backend = auto_backend(device, num_images)
-    if backend not in EXTRACT_BACKENDS:
-        raise TransferlabError(f"extract_backend={backend!r}; use {', '.join(EXTRACT_BACKENDS)}")
+    if backend not in (*EXTRACT_BACKENDS, "auto"):
+        raise TransferlabError(f"extract_backend={backend!r}; use auto, {', '.join(EXTRACT_BACKENDS)}")
     eager = prefix
-    if backend == "eager":
+    if backend == "eager" or (backend == "auto" and device.type != "cpu"):
         return eager, "eager"
     # A compiled graph is specialised to the batch shape, so it is checked on the whole batch;
     # ONNX Runtime's batch axis is dynamic, and a smaller check batch halves its set-up time.
     check = sample if backend == "compile" else sample[:CHECK_IMAGES]
     with torch.inference_mode():
-        reference = eager(check).float()
+        reference = eager(check).float()  # also the warm-up of the timed pass below
+        if backend == "auto":
+            # The same shape again: the first pass paid for oneDNN's primitive creation.
+            start = time.perf_counter()
+            eager(check)
+            per_image = (time.perf_counter() - start) / len(check)
+            backend = auto_backend(device, num_images, per_image)
+            log(f"feature extraction: eager would take ~{per_image * num_images:.1f} s for "
+                f"{num_images:,} images, so {backend} (auto)")
+            if backend == "eager":
+                return eager, "eager"
     try:
         start = time.perf_counter()
         if backend == "compile":
@@ -226,7 +235,7 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
                 with inductor_config.patch(freezing=True):
                     return compiled(x)
         else:
-            fast = _onnxruntime(prefix, sample)
+            fast = _onnxruntime(prefix, sample, spin=spin)
         with torch.inference_mode():
             out = fast(check).float()
         error = (out - reference).abs().max().item()

@@ -29,6 +29,7 @@ from transferlab.training.engine import (
     derive_seed,
     fit,
 )
+from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
 from transferlab.training.optim import StageScheduler, build_optimizer
 from transferlab.training.prepare import stage_augment
 from transferlab.training.run_state import RunState, save_best, save_last
@@ -45,6 +46,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     parts = cache_plan(run, stage)
     info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
     info.update({"train": stage.train, "cached_features": parts is not None})
+    fast = None  # (tail, frozen prefix on a fast backend, its name) when the prefix runs every step
     if parts is not None:
         prefix, tail = parts
         cached = cached_features(run, stage, prefix, tail)
@@ -59,14 +61,27 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         run.stage_features = (stage.train, trained, batches)
     else:
         trained = run.model
+        # Above a frozen part that cannot be cached, that part still runs forward only: on the
+        # CPU it goes to ONNX Runtime (checked against eager first) and the tail trains on it.
+        if stage.train != "all":
+            sample = next(iter(run.image_batches("train", batch_size)))[0]
+            images = stage.epochs * len(run.data["train"][1]) + sum(
+                len(run.data[s][1]) for s in run.data if s != "train")
+            fast = fast_prefix(run.model, stage.train, c.extract_backend, sample, images, log=run.log)
+        if fast is not None:
+            trained, prefix_fn, prefix_backend = fast
+            info["frozen_part_backend"] = prefix_backend
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
             x, y = run.data[split]
+            transform = run.transforms[augment] if shuffle else run.eval_transform
+            if fast is not None:
+                transform = ThenPrefix(transform, prefix_fn, c.channels_last)
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
-                           transform=run.transforms[augment] if shuffle else run.eval_transform,
-                           device=run.device, dist=run.ctx, channels_last=c.channels_last,
-                           train=shuffle)
-        run.stage_features = None
+                           transform=transform, device=run.device, dist=run.ctx,
+                           channels_last=c.channels_last, train=shuffle)
+        # The test pass may use these batches only while the frozen part is the whole run's.
+        run.stage_features = (stage.train, trained, batches) if fast is not None else None
 
     # Shuffle order and augmentation seeds mix in the stage index: each stage sees its own order.
     def train_batches(epoch: int) -> Batches:
@@ -103,7 +118,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     run.log(f"stage {si + 1}/{len(run.config.stages)} {stage.name}: train {where}, "
             f"{n_trainable:,} of {total:,} parameters trainable, {stage.optimizer} lr {stage.lr:g}, "
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
-            + (", on cached features" if parts is not None else f", augment {augment}"))
+            + (", on cached features" if parts is not None else f", augment {augment}")
+            + (f", the frozen part on {prefix_backend} every step" if fast is not None else ""))
     plan = StagePlan(
         name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
