@@ -48,10 +48,13 @@ EXTRACT_BACKENDS = ("eager", "compile", "onnxruntime")  # what make_extractor ca
 # magnitude). Inductor reorders float sums more freely (measured 4e-5 at MobileNetV2's scale);
 # ONNX Runtime measured below 1e-5 (models/onnx_io.py).
 TOLERANCES = {"compile": 1e-3, "onnxruntime": 1e-4}
-CHECK_IMAGES = 16  # images in ONNX Runtime's check batch
-# `auto` uses ONNX Runtime when eager extraction would take longer than this (seconds; see
-# `auto_backend`): below it, the export and session set-up cost about what they save.
-ONNXRUNTIME_MIN_EAGER_S = 3.0
+CHECK_IMAGES = 8  # images in ONNX Runtime's check batch (and in auto's timed eager pass)
+# The cost model of `auto` (see `auto_backend`): ONNX Runtime's export and session set-up in
+# seconds, a fixed part and a part per million weights, and the smallest speed-up over eager
+# measured at extraction batch sizes.
+ORT_SETUP_S = 0.2
+ORT_SETUP_S_PER_MPARAM = 0.035
+ORT_MIN_SPEEDUP = 1.25
 
 
 class PrefixModule(nn.Module):
@@ -131,33 +134,37 @@ def indices_hash(indices: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
-def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float) -> str:
-    """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU when eager PyTorch would
-    take more than `ONNXRUNTIME_MIN_EAGER_S` over the whole job, else eager.
+def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float,
+                 params: int) -> str:
+    """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU when what it saves
+    over the job is more than what it costs to set up, else eager.
 
     `eager_s_per_image` is measured on the job's own model, input size and machine (a timed
-    eager pass over a few images of the check batch, after the warm-up pass: `make_extractor`),
-    so the rule follows all three. The threshold comes from `python bench/extract_backends.py
-    --no-compile` on the quiet 2-core CPU (channels-last batches of 64, median of 3 interleaved
-    repeats; set-up includes the export and the check against eager):
+    eager pass over the check batch, after an untimed one: `make_extractor`), so the choice
+    follows all three and the number of images. The model of ONNX Runtime is conservative:
+    it saves at least ``1 - 1 / ORT_MIN_SPEEDUP`` of the eager time and costs
+    ``ORT_SETUP_S + ORT_SETUP_S_PER_MPARAM`` per million weights to export and load, plus its
+    check batch. Measured on the quiet 2-core CPU (channels-last input, 2 threads):
 
-        model, size, boundary         eager img/s  onnxruntime: set-up, img/s   pays off above
-        mobilenet_v2 96 px, pooled        471          0.3 s,  935                258 images
-        mobilenet_v2 96 px, blocks.5      518          0.2 s,  990                210 images
-        mobilenet_v2 224 px, pooled        51          0.5 s,  202                 37 images
-        inception_v3 75 px, pooled        462          1.0 s,  517              4,456 images
-        inception_v3 224 px, pooled        28          2.0 s,   37                221 images
+        prefix (pooled)        weights  export + session   eager ms/img   onnxruntime ms/img
+        mobilenet_v2 96 px       2.2 M       0.26 s            1.4         (batch 512: x1.9-2.1)
+        mobilenet_v2 224 px      2.2 M       0.28 s           15.1          5.2
+        efficientnet_lite0 224   3.4 M       0.33 s            9.7          6.2
+        inception_v3 75 px      21.8 M       0.91 s            5.6          3.8 (batch 512: x1.12-1.21)
+        inception_v3 224 px     21.8 M       1.00 s           35.7         28.1
 
-    In eager seconds over the job, ONNX Runtime pays off above set-up / (1 - 1/speed-up):
-    0.4-0.7 s for MobileNetV2, 8-9 s for InceptionV3 (whose convolutions eager PyTorch already
-    runs near the machine's peak). A 3 s threshold loses at most about a second against the
-    better choice in every row, where a fixed image count (this rule's previous form, 256
-    images) lost up to 6 s on small InceptionV3 jobs. Off the CPU the prefix runs eagerly
+    (`python bench/extract_backends.py --no-compile` gives the set-up and img/s at batch 64.)
+    So 128 InceptionV3 images at 224 px stay eager (ONNX Runtime would save ~1 s and cost
+    ~1.4 s), 300 MobileNetV2 photos at 224 px go to ONNX Runtime (saves ~3 s, costs 0.4 s), and
+    any split of thousands of images goes to ONNX Runtime. Off the CPU the prefix runs eagerly
     (ONNX Runtime runs here on its CPU provider only; compile is not measured on GPUs).
     """
     if device.type != "cpu":
         return "eager"
-    return "onnxruntime" if num_images * eager_s_per_image > ONNXRUNTIME_MIN_EAGER_S else "eager"
+    saving = num_images * eager_s_per_image * (1 - 1 / ORT_MIN_SPEEDUP)
+    cost = (ORT_SETUP_S + ORT_SETUP_S_PER_MPARAM * params / 1e6
+            + CHECK_IMAGES * eager_s_per_image / ORT_MIN_SPEEDUP)
+    return "onnxruntime" if saving > cost else "eager"
 
 
 def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -223,7 +230,8 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
             start = time.perf_counter()
             eager(check)
             per_image = (time.perf_counter() - start) / len(check)
-            backend = auto_backend(device, num_images, per_image)
+            params = sum(p.numel() for p in prefix.parameters())
+            backend = auto_backend(device, num_images, per_image, params)
             log(f"feature extraction: eager would take ~{per_image * num_images:.1f} s for "
                 f"{num_images:,} images, so {backend} (auto)")
             if backend == "eager":
