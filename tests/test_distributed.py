@@ -36,8 +36,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(cmd: list[str], tmp_path: Path) -> None:
-    (tmp_path / "config.yaml").write_text(CONFIG)
+def _run(cmd: list[str], tmp_path: Path, config: str = CONFIG) -> None:
+    (tmp_path / "config.yaml").write_text(config)
     cmd = [*cmd, "--config", str(tmp_path / "config.yaml")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
            "TRANSFERLAB_DATA": str(tmp_path / "data")}
@@ -75,3 +75,19 @@ def test_two_process_gloo_run_matches_one_process(tmp_path: Path) -> None:
     assert s2["stages"]["head"]["cached_features"]
     assert s2["test_acc1"] == pytest.approx(s1["test_acc1"])
     assert s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-4)
+
+
+def test_two_processes_train_above_a_frozen_part_on_onnxruntime(tmp_path: Path) -> None:
+    # An augmented stage above a frozen part: each rank runs that part on its own ONNX Runtime
+    # session (one thread, as torchrun gives PyTorch) and DDP trains the layers above it.
+    config = CONFIG.replace("extract_backend: eager", "extract_backend: onnxruntime").replace(
+        '  - {name: all, train: all, epochs: 2, optimizer: sgd, lr: 0.05, momentum: 0.9}',
+        '  - {name: top, train: "from:block3", augment: standard, epochs: 2, lr: 3.0e-3}')
+    out = tmp_path / "runs"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+          "-m", "transferlab", "train", "--out-dir", str(out), "--run-name", "two"], tmp_path, config)
+    summary = json.loads((out / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["stages"]["top"]["frozen_part_backend"] == "onnxruntime"
+    assert summary["epochs"] == {"head": 1, "top": 2} and summary["test_acc1"] is not None

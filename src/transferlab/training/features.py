@@ -179,7 +179,8 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> 
     with torch.inference_mode(False), torch.no_grad():
         example = sample[:2].clone().contiguous()
         proto = export_onnx(prefix, example, exporters=("torchscript", "dynamo"))
-    session = ort_session(proto.SerializeToString(), spin=spin)
+    # As many threads as PyTorch's own: torchrun gives each rank one, a plain run all usable cores.
+    session = ort_session(proto.SerializeToString(), threads=torch.get_num_threads(), spin=spin)
     input_name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
