@@ -31,10 +31,10 @@ def test_matches_torchvision_reference_pipeline() -> None:
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     ours = BatchTransform((96, 96), mean, std, interpolation="bicubic").eval()(torch.from_numpy(images))
+    # Resize the uint8 image, then scale (PIL's resampling, and torchvision's fast CPU path).
     reference = v2.Compose(
-        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-         v2.Resize((96, 96), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-         v2.Normalize(mean, std)]
+        [v2.ToImage(), v2.Resize((96, 96), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     )
     expected = torch.stack([reference(img) for img in images])  # HWC numpy -> CHW tensor
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)

@@ -382,7 +382,8 @@ def feature_cache_key(*, model_name: str, frozen: str, boundary: str, fingerprin
     from transferlab.data.cache import stable_hash
 
     return stable_hash({
-        "kind": "features", "version": 1, "model": model_name, "frozen": frozen,
+        # version 2: images resized as uint8 before scaling (data/transforms.py)
+        "kind": "features", "version": 2, "model": model_name, "frozen": frozen,
         "boundary": boundary, "data": fingerprint, "split": split, "indices": indices_hash(indices),
         "input_size": list(input_size), "mean": list(mean), "std": list(std),
         "interpolation": interpolation, "model_kwargs": dict(model_kwargs), "precision": precision,
