@@ -135,7 +135,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 if supported else fp16 on CUDA, off elsewhere) | off | bf16 | fp16
     channels_last: bool = True  # NHWC memory format (faster convolutions on CPU and tensor cores)
     compile: bool = False  # torch.compile the trained model (CUDA; slower on CPUs: bench/compile_step.py)
-    extract_backend: str = "auto"  # frozen-feature extraction: auto | eager | compile | onnxruntime (CPU)
+    extract_backend: str = "auto"  # engine of a frozen part (extracted once, or every step with augmentation): auto (ONNX Runtime on the CPU when it pays) | eager | compile | onnxruntime
     cache_memory_gb: float = 4.0  # largest cached activation set held for a freeze boundary (GiB)
     checkpoint_every: int = 0  # also write last.pt every N optimiser steps (0 = at epoch ends only)
     quiet: bool = False  # no progress bars or per-epoch lines (CI, logs)
