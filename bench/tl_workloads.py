@@ -144,6 +144,11 @@ def train_steps(work: Workload, images: np.ndarray, labels: np.ndarray, device: 
                                f"({frozen_backend}) was built")
         model, prefix_fn, used = fast
         transform = ThenPrefix(None, prefix_fn, channels_last)
+        # As `transferlab train` lays out a tail on 1 x 1 maps (stage_loop, tail_channels_last).
+        shape = feats.output_shape(feats.split_model(full, work.train)[0], prepared[:1])
+        if channels_last and len(shape) == 3 and not feats.tail_channels_last(shape):
+            model.to(memory_format=torch.contiguous_format)
+            channels_last = False
     batches = Batches(prepared, y.to(device), work.batch, device=device, channels_last=channels_last,
                       drop_last=True, transform=transform)
     optimizer = build_optimizer(work.optimizer, [p for p in model.parameters() if p.requires_grad])
@@ -186,6 +191,8 @@ def train_steps_cached(work: Workload, images: np.ndarray, labels: np.ndarray, d
     # A plain copy, as `transferlab train` reads them back from its cache (inference-mode tensors
     # cannot enter autograd).
     acts, y = acts.clone().to(device), y.to(device)
+    if channels_last and acts.dim() == 4 and not feats.tail_channels_last(tuple(acts.shape[1:])):
+        tail.to(memory_format=torch.contiguous_format)  # as `transferlab train` does (stage_loop)
     optimizer = build_optimizer(work.optimizer, tail.parameters())
     seconds: list[float] = []
     train_one_epoch(tail, Batches(acts, y, work.batch, device=device, drop_last=True), optimizer,

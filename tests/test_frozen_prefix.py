@@ -86,3 +86,22 @@ def test_an_augmented_stage_trains_the_same_above_onnxruntime(
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
     assert fast["test_acc1"] == pytest.approx(eager["test_acc1"], abs=1 / 16 + 1e-9)
+
+
+def test_a_tail_on_one_by_one_maps_trains_in_nchw(tmp_path: Path) -> None:
+    from transferlab.config import config_from_dict
+    from transferlab.training import features as feats
+    from transferlab.training import train_run
+
+    assert not feats.tail_channels_last((1280, 1, 1)) and feats.tail_channels_last((96, 6, 6))
+    # InceptionV3 at 75 px: Mixed_7b sees 1 x 1 maps.
+    config = config_from_dict({
+        "run_name": "r", "out_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+        "dataset": "synthetic:classes=2,train=12,test=4,size=8", "val_fraction": 0.25,
+        "batch_size": 4, "quiet": True, "model": "inception_v3", "input_size": 75,
+        "stages": [{"name": "top", "train": "from:Mixed_7b", "epochs": 1, "lr": 1e-3,
+                    "cache_features": "true"}],
+    })
+    summary = json.loads((train_run(config) / "summary.json").read_text())
+    assert summary["stages"]["top"]["tail_layout"] == "nchw"
+    assert summary["test_acc1"] is not None

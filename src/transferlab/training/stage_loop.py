@@ -19,6 +19,7 @@ from transferlab.errors import TransferlabError
 from transferlab.models import count_parameters
 from transferlab.training import checkpoint as ckpt
 from transferlab.training import distributed as dist_utils
+from transferlab.training import features as feats
 from transferlab.training.cache_plan import cache_plan, cached_features
 from transferlab.training.context import RunContext
 from transferlab.training.engine import (
@@ -70,6 +71,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             fast = fast_prefix(run.model, stage.train, c.extract_backend, sample, images, log=run.log)
         if fast is not None:
             trained, prefix_fn, prefix_backend = fast
+            fast_prefix_module = feats.split_model(run.model, stage.train)[0]
             info["frozen_part_backend"] = prefix_backend
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
@@ -79,9 +81,22 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                 transform = ThenPrefix(transform, prefix_fn, c.channels_last)
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
                            transform=transform, device=run.device, dist=run.ctx,
-                           channels_last=c.channels_last, train=shuffle)
+                           channels_last=tail_layout if fast is not None else c.channels_last,
+                           train=shuffle)
         # The test pass may use these batches only while the frozen part is the whole run's.
         run.stage_features = (stage.train, trained, batches) if fast is not None else None
+
+    # A tail on 1 x 1 maps trains faster in NCHW (features.tail_channels_last); the model's
+    # channels-last layout comes back after the stage.
+    restore_layout = False
+    if trained is not run.model and c.channels_last:
+        shape = (tuple(features["train"].shape[1:]) if parts is not None
+                 else feats.output_shape(fast_prefix_module, sample))
+        if len(shape) == 3 and not feats.tail_channels_last(shape):
+            trained.to(memory_format=torch.contiguous_format)
+            restore_layout = True
+            info["tail_layout"] = "nchw"
+    tail_layout = c.channels_last and not restore_layout
 
     # Shuffle order and augmentation seeds mix in the stage index: each stage sees its own order.
     def train_batches(epoch: int) -> Batches:
@@ -164,7 +179,11 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         if not c.quiet:
             run.log(_format_row(row))
 
-    progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
+    try:
+        progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
+    finally:
+        if restore_layout:
+            run.model.to(memory_format=torch.channels_last)
     epoch_rows = [r for r in state.rows if r["stage"] == stage.name]
     info.update({
         "epochs": progress.epoch, "stopped": progress.stopped,
