@@ -259,31 +259,28 @@ def build_rows(ctx: dict[str, Any]) -> list[Row]:
             if not work.train.startswith("from:"):
                 continue
             fast = ctx["train_fast"].get((name, work.model))
-            f_rate = fast["timing"].rate if fast else None
-            used = fast["frozen_backend"] if fast else ctx["extract_backend"] or "auto"
-            rows.append(Row(
-                SECTIONS["train"], f"{work.model} (train {work.train}, frozen part on {used})",
-                f"{name}: {work.input_size}px, batch {work.batch}, {work.optimizer.optimizer} [{source}]",
-                "img/s", f_rate, theirs, True, 1.0, fraction(flops, f_rate, peak),
-                fraction(flops, theirs, peak),
-                join_notes(errors.get(f"train fast {name} {work.model}", ""), why,
-                           "transferlab's path for an augmented stage: the frozen part runs forward "
-                           "on a fast engine every step (frozen_prefix.fast_prefix), the tail trains "
-                           "in PyTorch; both sides recompute the frozen part"),
-            ))
             cached = ctx["train_cached"].get((name, work.model))
-            c_rate = cached["timing"].rate if cached else None
+            used = fast["frozen_backend"] if fast else ctx["extract_backend"] or "auto"
             c_flops = cached["flops_per_image"] if cached else None
-            rows.append(Row(
-                SECTIONS["train"], f"{work.model} (train {work.train}, cached below)",
-                f"{name}: {work.input_size}px, batch {work.batch}, {work.optimizer.optimizer} [{source}]",
-                "img/s", c_rate, theirs, True, 1.0, fraction(c_flops, c_rate, peak),
-                fraction(flops, theirs, peak),
-                join_notes(errors.get(f"train cached {name} {work.model}", ""), why,
-                           "transferlab trains the tail on activations cached once (its path without "
-                           "augmentation when they fit cache_memory_gb); Keras recomputes the frozen part",
-                           f"tail {c_flops / 1e9:.3g} GFLOP/img" if c_flops else ""),
-            ))
+            variants = (  # (measurement, label, error key, FLOPs for ours, notes)
+                (fast, f"frozen part on {used}", "train fast", flops,
+                 ["transferlab's path for an augmented stage: the frozen part runs forward on a fast "
+                  "engine every step (frozen_prefix.fast_prefix), the tail trains in PyTorch; both "
+                  "sides recompute the frozen part"]),
+                (cached, "cached below", "train cached", c_flops,
+                 ["transferlab trains the tail on activations cached once (its path without "
+                  "augmentation when they fit cache_memory_gb); Keras recomputes the frozen part",
+                  f"tail {c_flops / 1e9:.3g} GFLOP/img" if c_flops else ""]),
+            )
+            for res_v, label, key, v_flops, notes in variants:
+                rate = res_v["timing"].rate if res_v else None
+                rows.append(Row(
+                    SECTIONS["train"], f"{work.model} (train {work.train}, {label})",
+                    f"{name}: {work.input_size}px, batch {work.batch}, {work.optimizer.optimizer} [{source}]",
+                    "img/s", rate, theirs, True, 1.0, fraction(v_flops, rate, peak),
+                    fraction(flops, theirs, peak),
+                    join_notes(errors.get(f"{key} {name} {work.model}", ""), why, *notes),
+                ))
     # Head stage
     for name, preset in all_presets.items():
         work, source = preset.head
