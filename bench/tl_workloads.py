@@ -142,11 +142,9 @@ def train_steps(work: Workload, images: np.ndarray, labels: np.ndarray, device: 
         if fast is None:
             raise RuntimeError(f"{work.model} train {work.train}: no fast frozen part "
                                f"({frozen_backend}) was built")
-        model, prefix_fn, used = fast
-        transform = ThenPrefix(None, prefix_fn, channels_last)
-        # As `transferlab train` lays out a tail on 1 x 1 maps (stage_loop, tail_channels_last).
-        shape = feats.output_shape(feats.split_model(full, work.train)[0], prepared[:1])
-        if channels_last and len(shape) == 3 and not feats.tail_channels_last(shape):
+        model, used = fast.tail, fast.backend
+        transform = ThenPrefix(None, fast.run, channels_last)
+        if channels_last and feats.tail_wants_nchw(fast.out_shape):  # as `transferlab train` does
             model.to(memory_format=torch.contiguous_format)
             channels_last = False
     batches = Batches(prepared, y.to(device), work.batch, device=device, channels_last=channels_last,
@@ -191,7 +189,7 @@ def train_steps_cached(work: Workload, images: np.ndarray, labels: np.ndarray, d
     # A plain copy, as `transferlab train` reads them back from its cache (inference-mode tensors
     # cannot enter autograd).
     acts, y = acts.clone().to(device), y.to(device)
-    if channels_last and acts.dim() == 4 and not feats.tail_channels_last(tuple(acts.shape[1:])):
+    if channels_last and feats.tail_wants_nchw(tuple(acts.shape[1:])):
         tail.to(memory_format=torch.contiguous_format)  # as `transferlab train` does (stage_loop)
     optimizer = build_optimizer(work.optimizer, tail.parameters())
     seconds: list[float] = []

@@ -10,6 +10,7 @@ import torch
 
 from transferlab.models import create_model, freeze
 from transferlab.training import Batches, train_one_epoch
+from transferlab.training import features as feats
 from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
 
 
@@ -24,8 +25,9 @@ def test_the_tail_on_the_fast_prefix_is_the_model() -> None:
     model, x = _model(), torch.randn(6, 3, 32, 32)
     fast = fast_prefix(model, "from:rows.3", "onnxruntime", x, 10_000, log=lambda _: None)
     assert fast is not None
-    tail, prefix, used = fast
-    assert used == "onnxruntime"
+    tail, prefix, used, out_shape = fast
+    assert used == "onnxruntime" and out_shape == tuple(feats.output_shape(
+        feats.split_model(model, "from:rows.3")[0], x))
     model.eval()
     with torch.no_grad():
         expected = model(x)
@@ -36,7 +38,7 @@ def test_the_tail_on_the_fast_prefix_is_the_model() -> None:
 def test_training_above_it_moves_only_the_trainable_layers() -> None:
     model = _model()
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 4, (16,))
-    tail, prefix, _ = fast_prefix(model, "from:rows.3", "onnxruntime", x, 10_000, log=lambda _: None)
+    tail, prefix, _, _ = fast_prefix(model, "from:rows.3", "onnxruntime", x, 10_000, log=lambda _: None)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in tail.parameters() if p.requires_grad], lr=0.1)
     totals = train_one_epoch(tail, Batches(x, y, 8, transform=ThenPrefix(None, prefix)), optimizer,
@@ -90,10 +92,10 @@ def test_an_augmented_stage_trains_the_same_above_onnxruntime(
 
 def test_a_tail_on_one_by_one_maps_trains_in_nchw(tmp_path: Path) -> None:
     from transferlab.config import config_from_dict
-    from transferlab.training import features as feats
     from transferlab.training import train_run
 
-    assert not feats.tail_channels_last((1280, 1, 1)) and feats.tail_channels_last((96, 6, 6))
+    assert feats.tail_wants_nchw((1280, 1, 1)) and not feats.tail_wants_nchw((96, 6, 6))
+    assert not feats.tail_wants_nchw((2048,))
     # InceptionV3 at 75 px: Mixed_7b sees 1 x 1 maps.
     config = config_from_dict({
         "run_name": "r", "out_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),

@@ -187,20 +187,18 @@ class BatchTransform(nn.Module):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 (B, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
         x = images.permute(0, 3, 1, 2)
-        resize = tuple(x.shape[-2:]) != self.input_size
         if self.training and self.augment_name != "none":
             x = self.augment(x, seed)
-        elif resize:
-            # Resize the uint8 batch, then scale: torchvision's uint8 antialiased resize (a
-            # channels-last batch, as this permuted NHWC one is) is PIL's own resampling, 2-4x
-            # faster on the CPU than resizing floats (64 images 256 -> 224 px, 2 cores: 21-23 ms
-            # against 80-89 ms; 512 images 32 -> 96 px: 25-29 ms against 59-62 ms), and on smooth
-            # photos within one grey level of the float result.
-            x = TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
-            x, resize = x.float().div_(255.0), False
         else:
+            if tuple(x.shape[-2:]) != self.input_size:
+                # Resize the uint8 batch, then scale: torchvision's uint8 antialiased resize (a
+                # channels-last batch, as this permuted NHWC one is) is PIL's own resampling,
+                # 2-4x faster on the CPU than resizing floats (64 images 256 -> 224 px, 2 cores:
+                # 21-23 ms against 80-89 ms; 512 images 32 -> 96 px: 25-29 ms against 59-62 ms),
+                # and on smooth photos within one grey level of the float result.
+                x = TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
             x = x.float().div_(255.0)
-        if resize:
+        if tuple(x.shape[-2:]) != self.input_size:  # an augmentation that kept the stored size
             x = TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
         return (x - self.mean) / self.std
 

@@ -117,17 +117,18 @@ def split_model(model: nn.Module, train: str) -> tuple[nn.Module, nn.Module] | N
     return PrefixModule(model, boundary), TailModule(model, boundary)
 
 
-def tail_channels_last(input_shape: tuple[int, ...]) -> bool:
-    """Whether a trainable tail should run channels-last on inputs of this per-image shape.
+def tail_wants_nchw(input_shape: tuple[int, ...]) -> bool:
+    """Whether a trainable tail on inputs of this per-image shape should run in NCHW rather than
+    channels-last: on 1 x 1 maps (InceptionV3's top blocks at 75 px).
 
-    Not on vectors or 1 x 1 maps (InceptionV3's top blocks at 75 px): the two layouts are then
-    the same bytes, but oneDNN's channels-last kernels for the tail's 3 x 3 and 1 x 3 convolutions
-    are slower there. Measured on the 2-core CPU, InceptionV3 above `Mixed_7b` at 75 px, batch 128,
-    SGD, one process, 4 interleaved rounds: 1,128-1,143 img/s NCHW against 966-990 channels-last.
-    From 5 x 5 maps on, channels-last is faster (InceptionV3 at 224 px: 127 against 111 img/s;
-    MobileNetV2 above blocks.5 at 96 px, 6 x 6: 1,010 against 934).
+    The two layouts are then the same bytes, but oneDNN's channels-last kernels for the tail's
+    3 x 3 and 1 x 3 convolutions are slower there. Measured on the 2-core CPU, InceptionV3 above
+    `Mixed_7b` at 75 px, batch 128, SGD, one process, 4 interleaved rounds: 1,128-1,143 img/s
+    NCHW against 966-990 channels-last. From 5 x 5 maps on, channels-last is faster (InceptionV3
+    at 224 px: 127 against 111 img/s; MobileNetV2 above blocks.5 at 96 px, 6 x 6: 1,010 against
+    934). Vectors (a head on pooled features) have no layout to choose.
     """
-    return len(input_shape) == 3 and tuple(input_shape[1:]) != (1, 1)
+    return len(input_shape) == 3 and tuple(input_shape[1:]) == (1, 1)
 
 
 def state_hash(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
@@ -180,7 +181,7 @@ def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float
     return "onnxruntime" if saving > cost else "eager"
 
 
-def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The prefix exported to ONNX and run by an ONNX Runtime CPU session (all cores, all graph
     optimisations); raises on any failure."""
     from transferlab.models.onnx_io import export_onnx, ort_session
@@ -193,7 +194,13 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> 
         example = sample[:2].clone().contiguous()
         proto = export_onnx(prefix, example, exporters=("torchscript", "dynamo"))
     # As many threads as PyTorch's own: torchrun gives each rank one, a plain run all usable cores.
-    session = ort_session(proto.SerializeToString(), threads=torch.get_num_threads(), spin=spin)
+    # No spin-waiting: between two batches PyTorch prepares the next one, or trains a tail, on
+    # the same cores. Measured on the quiet 2-core CPU, extraction of 4,096 images at batch 512
+    # (median of 3 interleaved rounds): MobileNetV2 at 96 px up to blocks.5 927 img/s spinning,
+    # 1,025 not; InceptionV3 at 75 px 485 and 491; MobileNetV2 training above blocks.5 at 224 px
+    # 88-101 and 118-120. Against a plain (spinning) session on a ready batch in a tight loop it
+    # stays at x0.93-x0.99 (bench/RESULTS.md).
+    session = ort_session(proto.SerializeToString(), threads=torch.get_num_threads(), spin=False)
     input_name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +211,7 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor, spin: bool = True) -> 
 
 
 def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_images: int,
-                   log: Callable[[str], None] = print,
-                   spin: bool = False) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+                   log: Callable[[str], None] = print) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Choose the fastest correct way to run the frozen prefix.
 
     A compiled or ONNX Runtime path is checked against eager on `sample` first; when it cannot be
@@ -218,12 +224,6 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
         sample: one preprocessed input batch, used to check a fast path against eager.
         num_images: how many images will be extracted (auto uses a fast path only when it pays).
         log: where the choice and any fallback are reported.
-        spin: whether ONNX Runtime's idle threads spin-wait (see `onnx_io.ort_session`). Off by
-            default: between two batches PyTorch prepares the next one (or trains a tail) on the
-            same cores. Measured on the quiet 2-core CPU, extraction of 4,096 images at batch 512
-            (median of 3 interleaved rounds): MobileNetV2 at 96 px up to blocks.5 927 img/s
-            spinning, 1,025 not; InceptionV3 at 75 px 485 and 491. Against a plain session
-            (which spins) on a ready batch in a tight loop it stays at x0.985-x0.999.
 
     Returns:
         (function mapping an input batch to features, name of the backend used).
@@ -262,7 +262,7 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
                 with inductor_config.patch(freezing=True):
                     return compiled(x)
         else:
-            fast = _onnxruntime(prefix, sample, spin=spin)
+            fast = _onnxruntime(prefix, sample)
         with torch.inference_mode():
             out = fast(check).float()
         error = (out - reference).abs().max().item()

@@ -19,6 +19,7 @@ near the machine's peak. On CUDA nothing changes: the model runs whole, eagerly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -51,10 +52,19 @@ class ThenPrefix:
             return self.prefix(x)
 
 
+class FastPrefix(NamedTuple):
+    """A frozen part on a fast engine and the trainable tail above it."""
+
+    tail: nn.Module  # the layers the stage trains
+    run: Callable[[torch.Tensor], torch.Tensor]  # model inputs -> the tail's inputs
+    backend: str  # the engine that runs the frozen part ("onnxruntime", "compile")
+    out_shape: tuple[int, ...]  # the tail's input shape per image
+
+
 def fast_prefix(model: nn.Module, train: str, backend: str, sample: torch.Tensor, num_images: int,
-                log: Callable[[str], None] = print) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], str] | None:
-    """(trainable tail, fast frozen prefix, its backend's name) for a stage that trains above a frozen part, or None
-    when the whole model should simply run eagerly.
+                log: Callable[[str], None] = print) -> FastPrefix | None:
+    """The frozen part below `train` on a fast engine, or None when the whole model should
+    simply run eagerly.
 
     None when nothing is frozen (`train: all`), off the CPU, when the backend resolves to eager
     (`extract_backend: eager`, or `auto` when eager would be quick anyway: `features.auto_backend`),
@@ -68,22 +78,19 @@ def fast_prefix(model: nn.Module, train: str, backend: str, sample: torch.Tensor
         num_images: images the prefix will run over during the stage (epochs x split sizes).
         log: where the choice and any fallback are reported.
     """
-    if sample.device.type != "cpu":
+    if sample.device.type != "cpu" or backend == "eager":
         return None
     parts = feats.split_model(model, train)
     if parts is None:
         return None
     prefix, tail = parts
-    if backend == "eager":
-        return None
     prefix.eval()
-    # PyTorch trains the tail on the same cores between two runs of the prefix: ONNX Runtime's
-    # spin-waiting threads would slow it (MobileNetV2 at 224 px, train: top, batch 32: 88-101 img/s
-    # spinning, 118-120 not; eager PyTorch 80-99).
-    run, used = feats.make_extractor(prefix, backend, sample, num_images, log=log, spin=False)
+    run, used = feats.make_extractor(prefix, backend, sample, num_images, log=log)
     if used == "eager":
         return None  # make_extractor said why; the full model trains eagerly as before
-    return tail, run, used
+    with torch.no_grad():
+        out_shape = tuple(run(sample[:2]).shape[1:])
+    return FastPrefix(tail, run, used, out_shape)
 
 
-__all__ = ["ThenPrefix", "fast_prefix"]
+__all__ = ["FastPrefix", "ThenPrefix", "fast_prefix"]

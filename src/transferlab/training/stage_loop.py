@@ -47,13 +47,15 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     parts = cache_plan(run, stage)
     info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
     info.update({"train": stage.train, "cached_features": parts is not None})
-    fast = None  # (tail, frozen prefix on a fast backend, its name) when the prefix runs every step
+    fast = None  # the frozen part on a fast engine, when it runs every step
+    nchw_tail = False  # a tail on 1 x 1 maps put in NCHW for this stage (restored after it)
     if parts is not None:
         prefix, tail = parts
         cached = cached_features(run, stage, prefix, tail)
         features = cached.pop("features")
         info.update({k: v for k, v in cached.items() if k != "backend" or cached["extracted_images"]})
         trained: nn.Module = tail
+        nchw_tail = _nchw_tail(run, tail, tuple(features["train"].shape[1:]), info)
         labels = {s: run.data[s][1] for s in run.data}
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
@@ -70,33 +72,20 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                 len(run.data[s][1]) for s in run.data if s != "train")
             fast = fast_prefix(run.model, stage.train, c.extract_backend, sample, images, log=run.log)
         if fast is not None:
-            trained, prefix_fn, prefix_backend = fast
-            fast_prefix_module = feats.split_model(run.model, stage.train)[0]
-            info["frozen_part_backend"] = prefix_backend
+            trained = fast.tail
+            info["frozen_part_backend"] = fast.backend
+            nchw_tail = _nchw_tail(run, trained, fast.out_shape, info)
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
             x, y = run.data[split]
             transform = run.transforms[augment] if shuffle else run.eval_transform
             if fast is not None:
-                transform = ThenPrefix(transform, prefix_fn, c.channels_last)
+                transform = ThenPrefix(transform, fast.run, c.channels_last)
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
                            transform=transform, device=run.device, dist=run.ctx,
-                           channels_last=tail_layout if fast is not None else c.channels_last,
-                           train=shuffle)
+                           channels_last=c.channels_last and not nchw_tail, train=shuffle)
         # The test pass may use these batches only while the frozen part is the whole run's.
         run.stage_features = (stage.train, trained, batches) if fast is not None else None
-
-    # A tail on 1 x 1 maps trains faster in NCHW (features.tail_channels_last); the model's
-    # channels-last layout comes back after the stage.
-    restore_layout = False
-    if trained is not run.model and c.channels_last:
-        shape = (tuple(features["train"].shape[1:]) if parts is not None
-                 else feats.output_shape(fast_prefix_module, sample))
-        if len(shape) == 3 and not feats.tail_channels_last(shape):
-            trained.to(memory_format=torch.contiguous_format)
-            restore_layout = True
-            info["tail_layout"] = "nchw"
-    tail_layout = c.channels_last and not restore_layout
 
     # Shuffle order and augmentation seeds mix in the stage index: each stage sees its own order.
     def train_batches(epoch: int) -> Batches:
@@ -134,7 +123,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             f"{n_trainable:,} of {total:,} parameters trainable, {stage.optimizer} lr {stage.lr:g}, "
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
             + (", on cached features" if parts is not None else f", augment {augment}")
-            + (f", the frozen part on {prefix_backend} every step" if fast is not None else ""))
+            + (f", the frozen part on {fast.backend} every step" if fast is not None else ""))
     plan = StagePlan(
         name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
@@ -182,7 +171,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     try:
         progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
     finally:
-        if restore_layout:
+        if nchw_tail:
             run.model.to(memory_format=torch.channels_last)
     epoch_rows = [r for r in state.rows if r["stage"] == stage.name]
     info.update({
@@ -207,6 +196,16 @@ def apply_freeze(model: nn.Module, train: str) -> None:
     from transferlab.models.freezing import boundary_for
 
     freeze(model, boundary_for(model, train))
+
+
+def _nchw_tail(run: RunContext, tail: nn.Module, shape: tuple[int, ...], info: dict[str, Any]) -> bool:
+    """Put a channels-last run's tail in NCHW when its inputs are 1 x 1 maps
+    (`features.tail_wants_nchw`); True when it did (`run_stage` restores the layout after)."""
+    if not (run.config.channels_last and feats.tail_wants_nchw(shape)):
+        return False
+    tail.to(memory_format=torch.contiguous_format)
+    info["tail_layout"] = "nchw"
+    return True
 
 
 def is_better(row: dict[str, Any], earlier: list[dict[str, Any]]) -> bool:
