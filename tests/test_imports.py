@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",
                   "transferlab.export")),
     ("results", ("transferlab.results",)),
-    ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking")),
+    ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking",
+                       "transferlab.audit")),
     ("report", ("transferlab.report", "transferlab.evaluation")),
     ("commands", ("transferlab.commands", "transferlab.cli", "transferlab.__main__")),
 )

@@ -15,6 +15,7 @@ from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 from transferlab.training.device import library_versions
 from transferlab.training.engine import evaluate
+from transferlab.training.leakage import summary_record as leakage_record
 from transferlab.training.run_state import RunState
 from transferlab.training.rundir import SUMMARY, dumps
 from transferlab.training.stage_loop import mean
@@ -45,6 +46,9 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         "recipe": c.recipe,
         "split_sources": run.split_sources,
         "split_sizes": {split: len(labels) for split, (_, labels) in run.data.items()},
+        "leakage": leakage_record(run),
+        "excluded": {"file": c.exclude, "count": sum(len(v) for v in run.excluded.values()),
+                     "files": run.excluded} if c.exclude else None,
         "classes": list(run.dataset.classes),
         "test_acc1": result.acc1 if result else None,
         "test_acc5": result.acc5 if result else None,
