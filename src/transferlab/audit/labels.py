@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferlab.errors import TransferlabError
+
 FOLDS = 5
 L2 = 1e-3  # the probe's weight penalty (as ranking.probe)
 MAX_ITER = 100  # L-BFGS iterations per fold
@@ -80,7 +82,11 @@ def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, num_cl
 def find_label_issues(features: np.ndarray, labels: np.ndarray, num_classes: int,
                       folds: int = FOLDS, seed: int = 0) -> LabelIssues:
     """Rank the images whose given label their out-of-sample probabilities contradict."""
-    from cleanlab.filter import find_label_issues as cleanlab_issues
+    try:
+        from cleanlab.filter import find_label_issues as cleanlab_issues
+    except ImportError as err:
+        raise TransferlabError("the label check needs cleanlab: pip install 'transferlab[audit]' "
+                               "(or skip the check: label_issues=False, --no-labels)") from err
 
     labels = np.asarray(labels, dtype=np.int64)
     probs = out_of_sample_probabilities(features, labels, num_classes, folds, seed)
