@@ -191,3 +191,20 @@ def test_train_warns_of_test_images_copied_from_train(tmp_path: Path,
     leakage = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["leakage"]
     assert leakage["exact"] == 1 and leakage["pairs"][0]["path"] == "test/c1/copy.png"
     assert leakage["pairs"][0]["train_path"] == "train/c1/2.png"
+
+
+def test_audit_page_renders_in_headless_chromium(planted: dict, tmp_path: Path) -> None:
+    """Every thumbnail loads and the page needs no sideways scroll on a 1366 px laptop screen."""
+    from tests.test_report import RENDER_PROBE, _chromium, _render
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium or Chrome executable on PATH (.ci/run installs Debian's chromium)")
+    page = tmp_path / "probed.html"
+    page.write_text(planted["paths"]["html"].read_text().replace("</body>", RENDER_PROBE + "</body>"))
+    shown = _render(browser, page, 1366, 768, tmp_path / "audit.png")
+    assert shown["scroll_width"] <= shown["viewport"], "the audit page scrolls sideways at 1366 px"
+    # The three leakage groups (two photos each) and the swapped label's card at least.
+    assert len(shown["images"]) >= 7
+    broken = [i["alt"] for i in shown["images"] if not (i["complete"] and i["natural_width"] > 0)]
+    assert not broken, f"thumbnails that did not load: {broken}"

@@ -85,7 +85,7 @@ def _html(result: AuditResult, images: dict[str, np.ndarray], files_index: dict[
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Audit of {e(result.dataset)}</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}"
-             "figure{display:inline-block;margin:4px;width:120px;vertical-align:top;font-size:12px}"
+             "figure{display:inline-block;margin:4px;width:120px;vertical-align:top;font-size:12px;overflow-wrap:anywhere}"
              "figure img{width:96px;height:96px;object-fit:contain;background:#eee;image-rendering:pixelated}"
              ".group{border:1px solid #ccc;padding:4px;margin:6px 0}.bad{color:#b00}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
