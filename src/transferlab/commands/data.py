@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from transferlab.choices import AUGMENTATIONS
-from transferlab.commands._common import add_dataset_args, dataset_from_args
+from transferlab.commands._common import add_dataset_args, dataset_from_args, non_negative_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _add_split_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=None, help="also show a stratified validation split of this share of the training set")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the remaining training images kept (the study used 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split")
 
 
 def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from transferlab.choices import IMAGE_SUFFIXES
+from transferlab.commands._common import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument(
         "--pretrained", action="store_true", help="timm's ImageNet weights (online)"
     )
-    parser.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--top", type=positive_int, default=5, help="classes to show per image (default 5)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
     parser.add_argument(
         "--device", default=None,

@@ -117,6 +117,7 @@ def _train(run: RunContext) -> Path:
 
     run.log(describe(c))
     if run.ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(c, run_dir / "config.yaml")
         run.splits.save(run_dir / "splits.npz")
         files = split_files(run)
