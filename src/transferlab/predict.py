@@ -139,13 +139,16 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     Raises:
         TransferlabError: the file is missing, not an image, or above the pixel limit.
     """
-    from transferlab.data.images import open_image, to_rgb
+    from transferlab.data.images import decode_failure, open_image, to_rgb
 
     if not Path(path).exists():
         raise TransferlabError(f"image {path} not found; check the path")
-    with open_image(Path(path), str(path), max_image_pixels(max_pixels)) as image:
+    limit = max_image_pixels(max_pixels)
+    with open_image(Path(path), str(path), limit) as image:
         try:
             return to_rgb(image)
+        except Image.DecompressionBombError as err:  # an animation frame larger than its header
+            raise decode_failure(Path(path), str(path), limit, err) from err
         except (UnidentifiedImageError, OSError) as err:
             raise TransferlabError(f"{path} is not a readable image ({err})") from err
 

@@ -101,6 +101,13 @@ def open_image(path: Path, rel: str, max_pixels: int) -> Iterator[Image.Image]:
         yield im
 
 
+def decode_failure(path: Path, rel: str, max_pixels: int, err: BaseException) -> ImageError:
+    """The error for an exception raised while decoding `path` (after `open_image`)."""
+    if isinstance(err, Image.DecompressionBombError):
+        return _too_large(path, rel, max_pixels)
+    return _unreadable(path, rel, err)
+
+
 def _too_large(path: Path, rel: str, max_pixels: int) -> ImageTooLargeError:
     try:  # the size the header claims, read without Pillow's guard (nothing is decoded)
         Image.MAX_IMAGE_PIXELS = None
@@ -199,10 +206,9 @@ def decode(path: Path, rel: str, plan: SizePlan,
                 im.draft("RGB", (side, side))
             im.load()
             img = to_rgb(im)
-        except Image.DecompressionBombError as err:  # an animation frame larger than its header
-            raise _too_large(path, rel, max_pixels) from err
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise _unreadable(path, rel, err) from err
+        except (Image.DecompressionBombError,  # an animation frame larger than its header
+                UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise decode_failure(path, rel, max_pixels, err) from err
     h, w = plan.size
     if plan.resize:
         img = _shorter_side_then_crop(img, plan.size)
