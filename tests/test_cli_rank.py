@@ -115,7 +115,7 @@ def test_compare_from_rank_fine_tunes_the_best_and_reports_the_rank_correlation(
 @pytest.mark.parametrize("args, message", [
     (["--from-rank", "nowhere"], "rank.json not found"),
     (["--config", "configs/quick.yaml", "--top", "2"], "use it with --from-rank"),
-    (["--from-rank", "RANK", "--top", "0"], "give at least 1"),
+    (["--from-rank", "RANK", "--top", "0"], "argument --top: 0 must be positive"),
 ])
 def test_compare_from_rank_errors(tmp_path, capsys, args, message):
     rank = tmp_path / "rank"
