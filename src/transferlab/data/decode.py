@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from transferlab.data.images import SizePlan, decode, header_size
+from transferlab.data.images import SizePlan, decode, header_size, max_image_pixels
 from transferlab.errors import TransferlabError
 
 # Files per task: large enough that process overhead vanishes, small enough for a smooth
@@ -150,12 +150,13 @@ def _sigint_deferred() -> Iterator[None]:
 
 
 def read_sizes(paths: Sequence[str], names: Sequence[str], workers: int,
-               max_pixels: int) -> list[tuple[int, int]]:
+               max_pixels: int | None = None) -> list[tuple[int, int]]:
     """(height, width) of every image from its header, in parallel; files above `max_pixels`
-    pixels are refused (`images.ImageTooLargeError`)."""
+    pixels (None: `images.max_image_pixels()`) are refused (`images.ImageTooLargeError`)."""
+    limit = max_image_pixels(max_pixels)
     tasks, counts = [], []
     for s in _chunks(len(paths)):
-        tasks.append((paths[s], names[s], max_pixels))
+        tasks.append((paths[s], names[s], limit))
         counts.append(s.stop - s.start)
     sizes: list[tuple[int, int]] = []
     for part in _run(tasks, _headers, workers, "reading image sizes", counts):
@@ -164,7 +165,7 @@ def read_sizes(paths: Sequence[str], names: Sequence[str], workers: int,
 
 
 def decode_into(npy: Path, paths: Sequence[str], names: Sequence[str], plan: SizePlan,
-                workers: int, desc: str, max_pixels: int) -> None:
+                workers: int, desc: str, max_pixels: int | None = None) -> None:
     """Create `npy` as uint8 (len(paths), H, W, 3) and decode every file into its row.
 
     Args:
@@ -174,13 +175,15 @@ def decode_into(npy: Path, paths: Sequence[str], names: Sequence[str], plan: Siz
         plan: the stored size.
         workers: processes to decode in (1: in this process).
         desc: progress-bar label.
-        max_pixels: refuse files whose header claims more pixels (`images.open_image`).
+        max_pixels: refuse files whose header claims more pixels (`images.open_image`);
+            None: `images.max_image_pixels()`.
     """
+    limit = max_image_pixels(max_pixels)
     h, w = plan.size
     out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
     del out  # workers open the file themselves; the header is written
     tasks, counts = [], []
     for s in _chunks(len(paths)):
-        tasks.append((str(npy), range(s.start, s.stop), paths[s], names[s], plan, max_pixels))
+        tasks.append((str(npy), range(s.start, s.stop), paths[s], names[s], plan, limit))
         counts.append(s.stop - s.start)
     _run(tasks, _decode_rows, workers, desc, counts)

@@ -129,14 +129,14 @@ def _unreadable(path: Path, rel: str, err: BaseException) -> ImageError:
                       f"Remove or replace that file ({path}).")
 
 
-def header_size(path: Path, rel: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+def header_size(path: Path, rel: str, max_pixels: int | None = None) -> tuple[int, int]:
     """(height, width) as displayed (after EXIF rotation), read from the file's header only.
 
     Raises:
-        ImageTooLargeError: more than `max_pixels` pixels.
+        ImageTooLargeError: more than `max_pixels` pixels (None: `max_image_pixels()`).
         ImageError: not a readable image.
     """
-    with open_image(path, rel, max_pixels) as im:
+    with open_image(path, rel, max_image_pixels(max_pixels)) as im:
         w, h = im.size
         try:
             orientation = im.getexif().get(_EXIF_ORIENTATION)
@@ -183,20 +183,21 @@ def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int]) -> Image.Im
     return img.resize((tw, th), Image.BICUBIC, box=(left, top, left + bw, top + bh))
 
 
-def decode(path: Path, rel: str, plan: SizePlan,
-           max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode(path: Path, rel: str, plan: SizePlan, max_pixels: int | None = None) -> np.ndarray:
     """Decode the file at `path` to a uint8 (H, W, 3) array of the plan's size.
 
     Args:
         path: the file.
         rel: its name for error messages (relative to the dataset source).
         plan: the stored size.
-        max_pixels: refuse files whose header claims more pixels (see `open_image`).
+        max_pixels: refuse files whose header claims more pixels (see `open_image`); None:
+            `max_image_pixels()`.
 
     Raises:
         ImageTooLargeError: more than `max_pixels` pixels.
         ImageError: the file is not a readable image, or has another size than a no-resize plan says.
     """
+    max_pixels = max_image_pixels(max_pixels)
     with open_image(path, rel, max_pixels) as im:
         try:
             if plan.resize and im.format == "JPEG":
