@@ -238,6 +238,24 @@ def test_train_refuses_an_out_dir_under_a_file(
     assert str(blocker / "runs") in err and f"{blocker} is a file" in err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["data", "info", "folder:{src}", "--data-root", "{bad}/cache"], "{bad}/cache/decoded"),
+    (["data", "info", "cifar10", "--data-root", "{bad}/cache"], "{bad}/cache"),
+    (["train", "--dataset", DATA, "--cache-dir", "{bad}/features", "--out-dir", "{tmp}/runs"],
+     "cache_dir {bad}/features"),
+])
+def test_cache_folders_under_a_file_are_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], named: str) -> None:
+    src = _class_folders(tmp_path / "photos", {"cat": 3, "dog": 3})
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    fill = {"src": src, "bad": blocker, "tmp": tmp_path}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = _error(capsys)
+    assert named.format(**fill) in err and f"{blocker} is a file" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("command", [
     ["evaluate", "{run}", "--out", "{bad}/evaluation"],
     ["report", "{run}", "--out", "{bad}/report", "--no-data-figures"],

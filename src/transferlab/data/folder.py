@@ -40,7 +40,7 @@ from transferlab.data.decode import decode_into, read_sizes, resolve_workers
 from transferlab.data.images import SizePlan, max_image_pixels
 from transferlab.data.layout import Layout, find_layout
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_dir, atomic_write_text
+from transferlab.io import atomic_write_dir, atomic_write_text, check_dir_path
 
 DEFAULT_TARGET_SIZE = 256  # px: torchvision's Resize(256) before a 224 crop
 
@@ -167,6 +167,7 @@ def load_folder(
     found = try_load()
     if found is not None:
         return found
+    check_dir_path(decoded, "the decoded-image cache (under data_root, else $TRANSFERLAB_DATA)")
     decoded.mkdir(parents=True, exist_ok=True)
     # One decode per source at a time; whoever waited finds the finished cache.
     with FileLock(str(decoded / f".{stem}.lock")):

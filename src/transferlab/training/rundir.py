@@ -59,6 +59,8 @@ def prepare_dir(run: RunContext) -> Path:
     # Checked now, created only when its first file is written (after the data and the model
     # loaded): a run that fails before it starts leaves no empty folder behind.
     check_dir_path(run_dir, "the run directory (out_dir / run_name)")
+    if c.cache_dir:
+        check_dir_path(c.cache_dir, "cache_dir")
     run.run_dir = run_dir
     return run_dir
 
