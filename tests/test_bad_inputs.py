@@ -387,3 +387,17 @@ def test_ctrl_c_during_the_parallel_decode_exits_130_with_one_line(tmp_path: Pat
     # ... and the next run decodes from scratch.
     assert main(["data", "info", f"folder:{src}", "--data-root", str(cache), "--workers", "2",
                  "--image-size", "96"]) == 0
+
+
+def test_rank_names_the_minimum_of_a_candidate_below_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transferlab.models import create_model, save_weights
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_weights(create_model("benchmark_cnn", num_classes=3), weights / "bcnn.safetensors")
+    assert main(["rank", "--dataset", "synthetic:classes=3,train=60,test=9,size=8", "--data-root",
+                 str(tmp_path / "data"), "--weights-dir", str(weights), "--models", "benchmark_cnn",
+                 "--input-size", "7", "--out", str(tmp_path / "rank"), "--quiet"]) == 2
+    err = _error(capsys)
+    assert "benchmark_cnn: input_size=7 is below the smallest input benchmark_cnn takes, 8 px" in err

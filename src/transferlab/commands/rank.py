@@ -63,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise TransferlabError("--dataset is required, e.g. --dataset folder:../shared/data/cifar10-jpeg.tar.gz")
-    if args.input_size is not None and args.input_size < 16:
-        raise TransferlabError(f"--input-size {args.input_size}: give the model input in pixels, e.g. 96 or 224")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.models is not None and not models:
         raise TransferlabError("--models is empty; give names such as mobilenet_v2,efficientnet_lite0")

@@ -131,7 +131,10 @@ def _build(candidate: Candidate, num_classes: int, options: RankOptions, native:
             size = auto_input_size(read_weights(candidate.weights).preprocess(probe.pretrained_cfg).input_size,
                                    native)
     else:
+        from transferlab.models.input_size import check_input_size
+
         size = options.input_size
+        check_input_size(candidate.model, size)  # the candidate is skipped, naming its minimum
     model = create_model(candidate.model, num_classes=num_classes, pretrained=candidate.weights is None,
                          weights=candidate.weights, head=head, input_size=size)
     model.to(device).to(memory_format=torch.channels_last).eval()
