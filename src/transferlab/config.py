@@ -406,6 +406,9 @@ def validate(config: TrainConfig) -> None:
         raise TransferlabError(f"workers={config.workers} must be >= 0 (0 = one per usable core)")
     if config.checkpoint_every < 0:
         raise TransferlabError("checkpoint_every must be >= 0 (0 = only at epoch ends)")
+    for name in ("seed", "split_seed"):
+        if getattr(config, name) < 0:
+            raise TransferlabError(f"{name}={getattr(config, name)} must be >= 0")
     if not isinstance(config.model_kwargs, dict):
         raise TransferlabError("model_kwargs must be a mapping, e.g. {drop_rate: 0.2}")
     names = [s.name for s in config.stages]
@@ -448,6 +451,10 @@ def validate(config: TrainConfig) -> None:
                 raise TransferlabError(f"{where}: {name}={getattr(s, name)} must be in (0, 1]")
         if s.early_stopping.patience < 0:
             raise TransferlabError(f"{where}: early_stopping.patience must be >= 0")
+        if s.step_epochs < 1:
+            raise TransferlabError(f"{where}: step_epochs={s.step_epochs} must be >= 1")
+        if s.plateau_patience < 0:
+            raise TransferlabError(f"{where}: plateau_patience={s.plateau_patience} must be >= 0")
     if config.input_size is not None:
         # Before any data is decoded: a size the model cannot take fails here, not mid-run.
         from transferlab.models.input_size import check_input_size
