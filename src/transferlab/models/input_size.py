@@ -20,31 +20,39 @@ from transferlab.errors import TransferlabError
 from transferlab.models.base import TransferModel
 from transferlab.models.factory import create_model
 
-# Sizes above this are never below a model's minimum (no built-in or timm backbone needs more).
+# Inputs this large are not probed: the largest minimum among the built-in models is
+# InceptionV3's 75 px, and the strides of common backbones are at most 32 or 64.
 _SEARCH_LIMIT = 512
 
 
-def _runs(model: TransferModel, size: int) -> tuple[int, int] | None:
-    """The feature map's (h, w) at a square `size` input, or None when the forward pass fails."""
+def _runs(model: TransferModel, size: int) -> tuple[int, ...] | None:
+    """The feature map's (h, w) at a square `size` input (() when the features are not a map,
+    e.g. a transformer's tokens), or None when the forward pass fails."""
     try:
         with torch.no_grad():
             features = model.forward_features(torch.empty(1, 3, size, size, device="meta"))
             model.forward_head(features)
     except (RuntimeError, ValueError, AssertionError, IndexError, NotImplementedError):
         return None
-    return tuple(features.shape[-2:]) if features.dim() == 4 else (1, 1)
+    return tuple(features.shape[-2:]) if features.dim() == 4 else ()
 
 
 @functools.lru_cache(maxsize=8)
 def _probe(name: str, kwargs_json: str) -> tuple[TransferModel, int] | None:
     """The model on the meta device and its total stride; None when meta cannot run it."""
-    with torch.device("meta"):
-        model = create_model(name, num_classes=2, **json.loads(kwargs_json)).eval()
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=2, **json.loads(kwargs_json)).eval()
+    except TransferlabError:
+        raise  # an unknown model or option: the user's to fix, said now
+    except Exception:  # noqa: BLE001 - a builder that needs real tensors: no verdict here
+        return None
     default = max(model.default_input_size)
     at_default = _runs(model, default)
     if at_default is None:
         return None  # the meta device cannot run this model (data-dependent checks): no verdict
-    return model, max(1, default // max(at_default))  # rounded down: never above the true stride
+    # Rounded down: never above the true stride; 1 when there is no feature map to measure.
+    return model, (max(1, default // max(at_default)) if at_default else 1)
 
 
 def _key(model_kwargs: dict[str, Any] | None) -> str:
