@@ -138,6 +138,12 @@ def test_predict_refuses_a_bomb(run_dir: Path, tmp_path: Path,
     assert main(["predict", str(bomb), "--weights", str(run_dir / "best.pt")]) == 2
     err = _error(capsys)
     assert str(bomb) in err and "limit of 250,000,000 pixels" in err
+    small = _class_folders(tmp_path / "photos", {"a": 1}) / "a" / "000.png"  # 400 pixels
+    assert main(["predict", str(small), "--weights", str(run_dir / "best.pt"),
+                 "--max-image-pixels", "399"]) == 2
+    assert "limit of 399 pixels" in _error(capsys)
+    assert main(["predict", str(small), "--weights", str(run_dir / "best.pt"),
+                 "--max-image-pixels", "400"]) == 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from transferlab.choices import IMAGE_SUFFIXES
-from transferlab.commands._common import positive_int
+from transferlab.commands._common import config_flag, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    config_flag(parser, "max_image_pixels")
     parser.set_defaults(func=run)
     return parser
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
     predictions = predict_images(
-        model, images, top=args.top, batch_size=args.batch_size, device=device
+        model, images, top=args.top, batch_size=args.batch_size, device=device,
+        max_pixels=args.max_image_pixels,
     )
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
