@@ -6,7 +6,12 @@ import argparse
 from typing import Any
 
 from transferlab.choices import AUGMENTATIONS
-from transferlab.commands._common import add_dataset_args, dataset_from_args
+from transferlab.commands._common import (
+    add_dataset_args,
+    dataset_from_args,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--weights-dir", metavar="DIR",
                        help="a folder holding its weights file (found by the file's metadata)")
     audit.add_argument("--pretrained", action="store_true", help="download its weights (online)")
-    audit.add_argument("--input-size", type=int, default=None, metavar="PX",
+    audit.add_argument("--input-size", type=positive_int, default=None, metavar="PX",
                        help="model input size [default: the model's own, at most 3x the images' size]")
     audit.add_argument("--device", default="auto", help="auto | cpu | cuda [default auto]")
     audit.add_argument("--no-labels", action="store_true",
@@ -55,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _add_split_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=None, help="also show a stratified validation split of this share of the training set")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the remaining training images kept (the study used 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split")
 
 
 def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:

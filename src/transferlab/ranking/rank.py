@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
@@ -56,6 +56,7 @@ class RankOptions:
     image_size: int | None = None  # decode size of folder datasets (px)
     labels: str = "fine"  # fine | coarse (CIFAR-100)
     workers: int | None = None  # processes decoding a folder on a cold cache (None = one per core)
+    max_image_pixels: int | None = None  # refuse larger images (None = $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250M)
     max_images: int = DEFAULT_MAX_IMAGES  # images of the training split used (stratified)
     input_size: int | None = None  # model input size (px); None = auto_input_size
     split_seed: int = 0  # seed of the stratified subset (as TrainConfig.split_seed)
@@ -131,7 +132,10 @@ def _build(candidate: Candidate, num_classes: int, options: RankOptions, native:
             size = auto_input_size(read_weights(candidate.weights).preprocess(probe.pretrained_cfg).input_size,
                                    native)
     else:
+        from transferlab.models.input_size import check_input_size
+
         size = options.input_size
+        check_input_size(candidate.model, size)  # the candidate is skipped, naming its minimum
     model = create_model(candidate.model, num_classes=num_classes, pretrained=candidate.weights is None,
                          weights=candidate.weights, head=head, input_size=size)
     model.to(device).to(memory_format=torch.channels_last).eval()
@@ -256,6 +260,8 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
     from transferlab.data import load_dataset, make_splits
     from transferlab.training.device import library_versions, select_device
 
+    if out_dir is not None:
+        check_dir_path(out_dir, "ranking folder")
     skipped = list(skipped)
     for s in skipped:
         log(f"skipped {s.model}: {s.reason}")
@@ -268,7 +274,8 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
     # (training.prepare.stored_size), so a given --input-size keys the same cached features.
     target = round(options.input_size / 0.875) if options.input_size else None
     dataset = load_dataset(options.dataset, data_root=options.data_root, image_size=options.image_size,
-                           labels=options.labels, workers=options.workers, target_size=target)
+                           labels=options.labels, workers=options.workers, target_size=target,
+                           max_image_pixels=options.max_image_pixels)
     kept = np.arange(len(dataset["train"]))
     if options.exclude:
         from transferlab.data.exclude import kept_rows, read_exclude

@@ -14,7 +14,7 @@ import yaml
 
 from transferlab.errors import TransferlabError
 from transferlab.evaluation import evaluate_run
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 from transferlab.report import figures
 from transferlab.report.document import (
     Bullets,
@@ -342,7 +342,7 @@ def write_report(
     data_figures: bool = True,
 ) -> ReportPaths:
     """Write `REPORT.md`, `report.html` and `figures/` into `out_dir` (see `build_document`)."""
-    out_dir = Path(out_dir)
+    out_dir = check_dir_path(out_dir, "report folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = build_document(run_dirs, out_dir, title, description, labels, data_figures)
     markdown, html = out_dir / "REPORT.md", out_dir / "report.html"

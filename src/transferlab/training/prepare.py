@@ -19,7 +19,11 @@ def load_data(run: RunContext) -> None:
 
     c = run.config
     run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
-                               labels=c.labels, workers=c.workers, target_size=stored_size(c))
+                               labels=c.labels, workers=c.workers, target_size=stored_size(c),
+                               max_image_pixels=c.max_image_pixels)
+    if len(run.dataset["test"].labels) == 0:
+        raise TransferlabError(f"dataset {c.dataset} has no test images, so the run could not be "
+                               "evaluated; give it a test split (e.g. synthetic:test=50)")
     # Rows of each split the run uses: all, less the files `exclude` lists (the source is untouched).
     kept, run.excluded = excluded_rows(run)
     # A folder's own val/ (beside train/ and test/) is the validation set; otherwise it is carved.
