@@ -140,3 +140,30 @@ def test_junit_outcomes_and_recorded_numbers_are_read(tmp_path):
     assert "| `test_a` | passed | 1.5 | loss cuda 0.5 cpu 0.5 |" in table
     assert "AssertionError: too far" in table and "needs 2 GPUs" in table
     assert gpu_check.junit_tests(tmp_path / "missing.xml") == []
+
+
+def test_on_a_gpu_without_shared_the_bench_and_study_run_on_stand_in_data(tmp_path):
+    gpu_check = _driver()
+    plan = gpu_check.Plan(mode="gpu", python=sys.executable, work=tmp_path, shared=None, device="cuda")
+    bench, note = plan.bench()
+    assert bench[bench.index("--device") + 1] == "cuda" and "--no-keras" not in bench
+    archive = Path(bench[bench.index("--data") + 1])
+    assert archive.is_file() and "generated" in note
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        names = [n for n in tar.getnames() if n.endswith(".jpg")]
+    assert sum("/train/" in n for n in names) >= 512  # 4 quick steps of 128
+    assert len({n.split("/")[2] for n in names}) == 10
+    study, note = plan.study()
+    assert study[study.index("--config") + 1] == "configs/quick.yaml"
+    assert study[study.index("--dataset") + 1].startswith("synthetic:")
+    assert "pretrained=false" in study and "accuracies mean nothing" in note
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "cifar10-jpeg.tar.gz").write_bytes(b"")
+    assert gpu_check.find_shared(shared) == shared.resolve()
+    plan.shared = shared
+    study, note = plan.study()
+    assert f"folder:{shared / 'data' / 'cifar10-jpeg.tar.gz'}" in study and note == ""
+    assert study[study.index("--weights-dir") + 1] == str(shared / "weights")
