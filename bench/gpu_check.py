@@ -706,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for old in (work / "logs").glob("*.log"):
         old.unlink()
     env = python_env(work)
+    if args.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the gpu tests then skip, as on a machine without one
     command = "bash bench/gpu_check.sh" + (" " + shlex.join(argv) if argv else "")
     if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
         command = f"CUDA_VISIBLE_DEVICES={shlex.quote(os.environ['CUDA_VISIBLE_DEVICES'])} " + command

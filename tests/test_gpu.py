@@ -133,6 +133,7 @@ def test_cuda_training_with_amp_and_channels_last_matches_the_cpu(
     run_dir = _train(tmp_path, f"cuda-{amp}", "cuda", amp, TRAIN_ALL)
     summary = _summary(run_dir)
     assert summary["device"] == "cuda:0" and summary["precision"] == precision
+    assert summary["stopped"] is None, f"the {precision} run stopped early: {summary['stopped']}"
     # The uint8 images live on the GPU whole; every batch arrives there, channels-last, and the
     # model's convolution weights are channels-last too.
     assert set(seen.data.values()) == {"cuda:0"}, seen.data
