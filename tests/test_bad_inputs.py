@@ -407,3 +407,17 @@ def test_rank_names_the_minimum_of_a_candidate_below_it(
                  "--input-size", "7", "--out", str(tmp_path / "rank"), "--quiet"]) == 2
     err = _error(capsys)
     assert "benchmark_cnn: input_size=7 is below the smallest input benchmark_cnn takes, 8 px" in err
+
+
+def test_audit_checks_its_output_and_input_size_before_decoding(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _class_folders(tmp_path / "photos", {"cat": 3, "dog": 3})
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = ["data", "audit", f"folder:{src}", "--data-root", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(blocker / "audit")]) == 2
+    assert f"{blocker} is a file" in _error(capsys)
+    assert main([*args, "--out", str(tmp_path / "audit"), "--model", "mobilenet_v2",
+                 "--input-size", "16"]) == 2
+    assert "32 px" in _error(capsys)
+    assert not (tmp_path / "cache").exists()

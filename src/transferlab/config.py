@@ -120,6 +120,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # share of train/ held out for validation (early stopping) unless the folder has val/ and test/; 0 = none
     train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
     split_seed: int = 0  # seed of the stratified train / val split
+    exclude: str | None = None  # file of images to leave out: an audit.csv (`transferlab data audit`) or one source-relative path per line; the folder itself is never changed
     seed: int = 0  # seed of initialisation, shuffling, augmentation and dropout
     model: str = "benchmark_cnn"  # architecture: a name from `transferlab models`, or timm:<name>
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments (YAML mapping)

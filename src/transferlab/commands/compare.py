@@ -16,7 +16,8 @@ from transferlab.commands._common import config_flag, positive_int
 from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
-SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "quiet")
+SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "exclude",
+                "quiet")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:

@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="frozen-feature extraction (auto compiles on the CPU for large subsets)")
     parser.add_argument("--out", type=Path, default=Path("runs/rank"),
                         help="folder for rank.json, rank.csv, rank.png (default runs/rank)")
+    parser.add_argument("--exclude", metavar="FILE", default=None,
+                        help="images to leave out: an audit.csv (`transferlab data audit`) or one "
+                             "source-relative path per line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models is not None and not models:
         raise TransferlabError("--models is empty; give names such as mobilenet_v2,efficientnet_lite0")
     candidates, skipped = resolve_candidates(models, args.weights_dir, args.pretrained)
-    options = RankOptions(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
+    options = RankOptions(dataset=args.dataset, exclude=args.exclude, data_root=args.data_root, image_size=args.image_size,
                           labels=args.labels, workers=args.workers, max_images=args.max_images,
                           max_image_pixels=args.max_image_pixels,
                           input_size=args.input_size,

@@ -66,6 +66,7 @@ class RankOptions:
     batch_size: int = 256  # extraction batch (images)
     device: str = "auto"  # auto | cpu | cuda | ...
     extract_backend: str = "auto"  # auto | eager | compile
+    exclude: str | None = None  # file of images to leave out (audit.csv or one path per line)
     quiet: bool = False  # no progress bars
 
 
@@ -275,10 +276,19 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
     dataset = load_dataset(options.dataset, data_root=options.data_root, image_size=options.image_size,
                            labels=options.labels, workers=options.workers, target_size=target,
                            max_image_pixels=options.max_image_pixels)
-    labels = dataset["train"].labels
+    kept = np.arange(len(dataset["train"]))
+    if options.exclude:
+        from transferlab.data.exclude import kept_rows, read_exclude
+
+        rows, dropped = kept_rows(dataset.files, read_exclude(options.exclude), source=options.dataset)
+        kept = rows["train"]
+        log(f"{len(dropped.get('train', [])):,} training image(s) left out, as listed in {options.exclude}")
+    labels = dataset["train"].labels[kept]
     val_fraction, train_fraction = subset_fractions(len(labels), options.max_images)
     split = make_splits(labels, val_fraction=val_fraction, train_fraction=train_fraction,
                         seed=options.split_seed)
+    # Rows of the whole training split, as training's splits.npz holds them (same cache keys).
+    split = dataclasses.replace(split, train=kept[split.train], val=kept[split.val])
     if len(split.val) < len(dataset.classes):
         raise TransferlabError(f"--max-images {options.max_images} leaves {len(split.val)} held-out images "
                                f"for {len(dataset.classes)} classes; raise --max-images")
@@ -312,6 +322,7 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
         "weights_dir": str(Path(options.weights_dir).resolve()) if options.weights_dir else None,
         "num_classes": len(dataset.classes),
         "max_images": options.max_images,
+        "exclude": str(Path(options.exclude).resolve()) if options.exclude else None,
         "images_train": int(len(split.train)),
         "images_val": int(len(split.val)),
         "val_fraction": val_fraction,
