@@ -8,6 +8,7 @@ message names the input and the fix, that there is no traceback, and that nothin
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import signal
@@ -276,7 +277,10 @@ def test_outputs_under_a_file_are_named_before_any_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the output path must be checked before the model is loaded")
 
-    monkeypatch.setattr("transferlab.models.load_checkpoint_model", no_work)
+    # Imported before patching: a module first imported while a name is patched would bind the
+    # stand-in for good (report.builder binds evaluate_run at import).
+    importlib.import_module("transferlab.report.builder")
+    importlib.import_module("transferlab.export")
     monkeypatch.setattr("transferlab.export.load_checkpoint_model", no_work)
     monkeypatch.setattr("transferlab.evaluation.evaluate_run", no_work)
     monkeypatch.setattr("transferlab.report.builder.build_document", no_work)
