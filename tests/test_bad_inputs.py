@@ -119,7 +119,9 @@ def test_the_limit_is_configurable_by_flag_and_environment_and_exact(
     assert main(args) == 2
     assert "TRANSFERLAB_MAX_IMAGE_PIXELS='lots'" in _error(capsys)
     monkeypatch.setenv("TRANSFERLAB_MAX_IMAGE_PIXELS", "400")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     assert main(args) == 0
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # the limit does not leak into other code
 
 
 def test_a_bomb_stops_train_before_a_run_directory_exists(

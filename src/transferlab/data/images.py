@@ -81,24 +81,30 @@ def open_image(path: Path, rel: str, max_pixels: int) -> Iterator[Image.Image]:
     """`Image.open(path)` (the header only) that refuses more than `max_pixels` pixels.
 
     Pillow's own guard (`Image.MAX_IMAGE_PIXELS`) is the mechanism: it checks the header's size
-    before anything is decoded. It only warns between the limit and twice the limit; that
-    warning is an error here, so the limit in the message is the one applied.
+    before anything is decoded (and each frame of an animation as it loads). It only warns
+    between the limit and twice the limit; that warning is an error here, so the limit in the
+    message is the one applied. The limit holds inside the `with` block only: Pillow's global is
+    restored afterwards, so other code in the process keeps its own.
 
     Raises:
         ImageTooLargeError: the header claims more pixels than `max_pixels`.
         ImageError: the file is not a readable image.
     """
-    Image.MAX_IMAGE_PIXELS = max_pixels  # per call: decode workers and the parent alike
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _too_large(path, rel, max_pixels) from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise _unreadable(path, rel, err) from err
-    with im:
-        yield im
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _too_large(path, rel, max_pixels) from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise _unreadable(path, rel, err) from err
+        with im:
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def decode_failure(path: Path, rel: str, max_pixels: int, err: BaseException) -> ImageError:
@@ -109,6 +115,7 @@ def decode_failure(path: Path, rel: str, max_pixels: int, err: BaseException) ->
 
 
 def _too_large(path: Path, rel: str, max_pixels: int) -> ImageTooLargeError:
+    previous = Image.MAX_IMAGE_PIXELS
     try:  # the size the header claims, read without Pillow's guard (nothing is decoded)
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as im:
@@ -117,7 +124,7 @@ def _too_large(path: Path, rel: str, max_pixels: int) -> ImageTooLargeError:
     except Exception:  # noqa: BLE001 - the message only loses the numbers
         claims = " is"
     finally:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        Image.MAX_IMAGE_PIXELS = previous
     return ImageTooLargeError(
         f"{rel}{claims} above the limit of {max_pixels:,} pixels (a guard against "
         f"decompression bombs). Remove that file ({path}), or if you trust it raise the limit "
