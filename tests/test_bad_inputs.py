@@ -8,6 +8,7 @@ message names the input and the fix, that there is no traceback, and that nothin
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import signal
@@ -118,7 +119,9 @@ def test_the_limit_is_configurable_by_flag_and_environment_and_exact(
     assert main(args) == 2
     assert "TRANSFERLAB_MAX_IMAGE_PIXELS='lots'" in _error(capsys)
     monkeypatch.setenv("TRANSFERLAB_MAX_IMAGE_PIXELS", "400")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     assert main(args) == 0
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # the limit does not leak into other code
 
 
 def test_a_bomb_stops_train_before_a_run_directory_exists(
@@ -276,7 +279,10 @@ def test_outputs_under_a_file_are_named_before_any_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the output path must be checked before the model is loaded")
 
-    monkeypatch.setattr("transferlab.models.load_checkpoint_model", no_work)
+    # Imported before patching: a module first imported while a name is patched would bind the
+    # stand-in for good (report.builder binds evaluate_run at import).
+    importlib.import_module("transferlab.report.builder")
+    importlib.import_module("transferlab.export")
     monkeypatch.setattr("transferlab.export.load_checkpoint_model", no_work)
     monkeypatch.setattr("transferlab.evaluation.evaluate_run", no_work)
     monkeypatch.setattr("transferlab.report.builder.build_document", no_work)
@@ -426,3 +432,17 @@ def test_a_pixel_limit_does_not_leak_into_the_rest_of_the_process(tmp_path: Path
     assert Image.MAX_IMAGE_PIXELS == before
     with Image.open(path) as im:  # a plain Pillow call elsewhere in the process still works
         im.load()
+
+
+def test_audit_checks_its_output_and_input_size_before_decoding(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _class_folders(tmp_path / "photos", {"cat": 3, "dog": 3})
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = ["data", "audit", f"folder:{src}", "--data-root", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(blocker / "audit")]) == 2
+    assert f"{blocker} is a file" in _error(capsys)
+    assert main([*args, "--out", str(tmp_path / "audit"), "--model", "mobilenet_v2",
+                 "--input-size", "16"]) == 2
+    assert "32 px" in _error(capsys)
+    assert not (tmp_path / "cache").exists()

@@ -24,6 +24,7 @@ from transferlab.audit.findings import AuditResult, Finding
 from transferlab.data import duplicates as dup
 from transferlab.data.dataset import ImageDataset
 from transferlab.errors import TransferlabError
+from transferlab.io import check_dir_path
 
 log = logging.getLogger("transferlab")
 
@@ -45,6 +46,7 @@ class AuditOptions:
     weights_dir: str | None = None  # a folder searched for its weights file
     pretrained: bool = False  # download the weights from the timm hub
     input_size: int | None = None  # px; None = the model's own, at most 3x the images' size
+    max_image_pixels: int | None = None  # refuse larger images (None = $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250M)
     device: str = "auto"
     batch_size: int = 256  # extraction batch (images)
     near_threshold: float = dup.NEAR_THRESHOLD  # cosine similarity of near-duplicates
@@ -79,7 +81,8 @@ def load_for_audit(options: AuditOptions) -> ImageDataset:
 
     target = round(options.input_size / 0.875) if options.input_size else None
     return load_dataset(options.dataset, data_root=options.data_root, image_size=options.image_size,
-                        workers=options.workers, target_size=target)
+                        workers=options.workers, target_size=target,
+                        max_image_pixels=options.max_image_pixels)
 
 
 def audit_dataset(options: AuditOptions, dataset: ImageDataset | None = None) -> AuditResult:
@@ -239,9 +242,11 @@ def run_audit(options: AuditOptions, out_dir: str | Path) -> tuple[AuditResult, 
     """Audit `options.dataset` and write audit.json, audit.csv and audit.html into `out_dir`."""
     from transferlab.audit.write import write_audit
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():  # before any work: say so now, not after minutes
-        raise TransferlabError(f"the audit output {out} is a file; give a folder path")
+    out = check_dir_path(out_dir, "the audit output")  # before any work, not after minutes
+    if options.input_size is not None:
+        from transferlab.models.input_size import check_input_size
+
+        check_input_size(options.model, options.input_size)  # before the images are decoded
     ds = load_for_audit(options)
     result = audit_dataset(options, ds)
     splits = list(result.split_sizes)

@@ -122,6 +122,7 @@ def run_audit(args: argparse.Namespace) -> int:
                            workers=args.workers, model=args.model or AuditOptions.model,
                            weights=args.weights, weights_dir=args.weights_dir, pretrained=args.pretrained,
                            input_size=args.input_size, device=args.device,
+                           max_image_pixels=args.max_image_pixels,
                            label_issues=not args.no_labels, quiet=args.quiet)
     result, paths = run_audit(options, args.out)
     for line in summary_lines(result):

@@ -81,28 +81,30 @@ def open_image(path: Path, rel: str, max_pixels: int) -> Iterator[Image.Image]:
     """`Image.open(path)` (the header only) that refuses more than `max_pixels` pixels.
 
     Pillow's own guard (`Image.MAX_IMAGE_PIXELS`) is the mechanism: it checks the header's size
-    before anything is decoded. It only warns between the limit and twice the limit; that
-    warning is an error here, so the limit in the message is the one applied.
+    before anything is decoded (and each frame of an animation as it loads). It only warns
+    between the limit and twice the limit; that warning is an error here, so the limit in the
+    message is the one applied. The limit holds inside the `with` block only: Pillow's global is
+    restored afterwards, so other code in the process keeps its own.
 
     Raises:
         ImageTooLargeError: the header claims more pixels than `max_pixels`.
         ImageError: the file is not a readable image.
     """
-    # Pillow's guard is a module global: set it for this open only and put the caller's value
-    # back, so a small limit on one dataset never leaks into the rest of the process.
-    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _too_large(path, rel, max_pixels) from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise _unreadable(path, rel, err) from err
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise _too_large(path, rel, max_pixels) from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise _unreadable(path, rel, err) from err
+        with im:
+            yield im
     finally:
         Image.MAX_IMAGE_PIXELS = previous
-    with im:
-        yield im
 
 
 def decode_failure(path: Path, rel: str, max_pixels: int, err: BaseException) -> ImageError:

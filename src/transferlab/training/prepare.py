@@ -21,11 +21,11 @@ def load_data(run: RunContext) -> None:
     run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
                                labels=c.labels, workers=c.workers, target_size=stored_size(c),
                                max_image_pixels=c.max_image_pixels)
-    if len(run.dataset["test"].labels) == 0:
-        raise TransferlabError(f"dataset {c.dataset} has no test images, so the run could not be "
-                               "evaluated; give it a test split (e.g. synthetic:test=50)")
     # Rows of each split the run uses: all, less the files `exclude` lists (the source is untouched).
     kept, run.excluded = excluded_rows(run)
+    if len(kept["test"]) == 0:
+        raise TransferlabError(f"dataset {c.dataset} has no test images (after exclude), so the run "
+                               "could not be evaluated; give it a test split (e.g. synthetic:test=50)")
     # A folder's own val/ (beside train/ and test/) is the validation set; otherwise it is carved.
     own_val = "val" in run.dataset.splits
     split_path = run.run_dir / "splits.npz"

@@ -118,8 +118,8 @@ def _train(run: RunContext) -> Path:
 
     run.log(describe(c))
     if run.ctx.is_main:
-        check_exact(run)  # copies of training images in val/test: warned about, never fatal
         run_dir.mkdir(parents=True, exist_ok=True)
+        check_exact(run)  # copies of training images in val/test: warned about, never fatal
         save_config(c, run_dir / "config.yaml")
         run.splits.save(run_dir / "splits.npz")
         files = split_files(run)
