@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C)."""
+    from transferlab.logs import print_messages
+
+    print_messages()  # the library's messages, printed plain on stdout as the CLI always did
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from transferlab.errors import TransferlabError
+from transferlab.logs import info
 
 COMPARE_KEYS = {"title", "description", "shared", "models"}
 ENTRY_KEYS = {"name", "label"}  # entry keys that are not TrainConfig fields
@@ -220,7 +221,7 @@ def run_compare(
     sets: Sequence[str] = (),
     only: Sequence[str] | None = None,
     train_fn: TrainFn = default_train_fn,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> list[Path]:
     """Train every model of a comparison and write the comparison table.
 

@@ -29,6 +29,7 @@ import yaml
 
 from transferlab.compare import TrainFn, default_train_fn
 from transferlab.errors import TransferlabError
+from transferlab.logs import info
 from transferlab.results.runs import load_run, read_metrics
 from transferlab.results.sweeps import SWEEP_FILE
 
@@ -166,7 +167,7 @@ def run_sweep(
     grid: Mapping[str, Sequence[Any]],
     out_dir: Path,
     train_fn: TrainFn = default_train_fn,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> list[SweepRow]:
     """Train every grid point of `base` (a TrainConfig) into `out_dir` and write the sweep table.
 

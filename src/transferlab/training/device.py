@@ -114,7 +114,7 @@ def library_versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    from transferlab import __version__
+    from transferlab._version import __version__
 
     return {
         "transferlab": __version__,
