@@ -42,6 +42,7 @@ import yaml
 
 from transferlab.errors import TransferlabError
 from transferlab.logs import info
+from transferlab.runfiles import is_finished
 
 COMPARE_KEYS = {"title", "description", "shared", "models"}
 ENTRY_KEYS = {"name", "label"}  # entry keys that are not TrainConfig fields
@@ -155,7 +156,7 @@ class PlannedRun:
     @property
     def finished(self) -> bool:
         """True when the run directory already holds its summary."""
-        return (self.run_dir / "summary.json").is_file()
+        return is_finished(self.run_dir)
 
 
 def plan_runs(

@@ -157,7 +157,7 @@ def predict_images(
     An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says.
     """
     if top < 1:
-        raise TransferlabError(f"--top must be >= 1, got {top}")
+        raise TransferlabError(f"top must be >= 1, got {top}")
     top = min(top, model.num_classes)
     names = class_names(model)
     onnx = isinstance(model, ExportedClassifier)

@@ -32,6 +32,7 @@ from transferlab.errors import TransferlabError
 from transferlab.logs import info
 from transferlab.results.runs import load_run, read_metrics
 from transferlab.results.sweeps import SWEEP_FILE
+from transferlab.runfiles import is_finished
 
 STAGE_KEY = re.compile(r"^stages\.([^.]+)\.")
 
@@ -185,7 +186,7 @@ def run_sweep(
     rows: list[SweepRow] = []
     for i, (params, config) in enumerate(zip(points, configs, strict=True)):
         run_dir = out_dir / config.run_name
-        if (run_dir / "summary.json").is_file():
+        if is_finished(run_dir):
             log(f"[{i + 1}/{len(points)}] {config.run_name}: finished earlier, skipped")
         else:
             log(f"[{i + 1}/{len(points)}] {config.run_name}: training")

@@ -28,7 +28,9 @@ class Run:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
-        if not (self.path / CONFIG).is_file():
+        if not self.path.is_dir():
+            raise TransferlabError(f"run directory {self.path} does not exist; check the path")
+        if not any((self.path / name).is_file() for name in (CONFIG, SUMMARY, PREDICTIONS, BEST)):
             raise TransferlabError(f"{self.path} is not a run directory (no {CONFIG}); pass a folder "
                                    "written by training (tl.train or `transferlab train`)")
 
@@ -51,6 +53,8 @@ class Run:
 
         from transferlab.config import config_from_dict
 
+        if not (self.path / CONFIG).is_file():
+            raise TransferlabError(f"{self.path} has no {CONFIG}; its settings are unknown")
         return config_from_dict(yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")))
 
     @property

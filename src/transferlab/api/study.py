@@ -45,7 +45,7 @@ class DatasetInfo:
             lines.append(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)"
                          + (f"  from {source}" if source else ""))
         if self.coarse_classes:
-            lines.append(f"  coarse labels: {len(self.coarse_classes)} superclasses (use labels=coarse)")
+            lines.append(f"  coarse labels: {len(self.coarse_classes)} superclasses (labels: coarse)")
         width = max(len(c) for c in self.classes)
         lines.append(f"\n  {'class':<{width}} " + " ".join(f"{s:>7}" for s in self.counts))
         for i, name in enumerate(self.classes):
