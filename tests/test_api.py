@@ -233,3 +233,31 @@ def test_import_transferlab_imports_no_torch() -> None:
             "print(sorted(m for m in ('torch', 'timm', 'matplotlib', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", f"imported by `import transferlab`: {out.stdout.strip()}"
+
+
+def test_compare_refuses_contradictory_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(TransferlabError, match="drop weights_dir"):
+        tl.compare_models(out=tmp_path, from_rank=tmp_path, weights_dir=tmp_path)
+    with pytest.raises(TransferlabError, match="give it with from_rank"):
+        tl.compare_models("configs/quick.yaml", tmp_path, top=2)
+    with pytest.raises(TransferlabError, match="unknown compare setting"):
+        tl.compare_models("configs/quick.yaml", tmp_path, epochs=2)
+    assert main(["compare", "--config", "configs/quick.yaml", "--out", str(tmp_path), "--top", "2"]) == 2
+    assert "give it with from_rank" in capsys.readouterr().err  # the CLI shows the library's message
+
+
+def test_public_names_are_the_api_even_after_every_submodule_is_imported() -> None:
+    import importlib
+    import pkgutil
+
+    import transferlab
+    import transferlab.api
+    import transferlab.errors
+
+    for module in pkgutil.walk_packages(transferlab.__path__, "transferlab."):
+        if module.name != "transferlab.__main__":
+            importlib.import_module(module.name)  # a submodule becomes an attribute of the package
+    for name in transferlab.__all__:
+        if name != "__version__":
+            home = transferlab.errors if name == "TransferlabError" else transferlab.api
+            assert getattr(transferlab, name) is getattr(home, name), name

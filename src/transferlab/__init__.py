@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the names a type checker and an IDE see; loaded lazily at r
         Prediction,
         Predictions,
         Run,
-        compare,
+        compare_models,
         data_info,
         load,
         rank,
@@ -50,13 +50,13 @@ _LAZY = {
     "Evaluation": "transferlab.api",
     "DatasetInfo": "transferlab.api",
     "rank": "transferlab.api",
-    "compare": "transferlab.api",
+    "compare_models": "transferlab.api",
     "data_info": "transferlab.api",
     "TransferlabError": "transferlab.errors",
 }
 
 __all__ = ["Classifier", "DatasetInfo", "Evaluation", "Prediction", "Predictions", "Run",
-           "TransferlabError", "__version__", "compare", "data_info", "load", "rank", "train"]
+           "TransferlabError", "__version__", "compare_models", "data_info", "load", "rank", "train"]
 
 
 def __getattr__(name: str) -> Any:

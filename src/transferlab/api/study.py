@@ -1,5 +1,7 @@
-"""`tl.data_info`, `tl.rank` and `tl.compare`: look at a dataset, rank backbones for it, and
-train several models on it, as `transferlab data info`, `rank` and `compare` do (they call these).
+"""`tl.data_info`, `tl.rank` and `tl.compare_models`: look at a dataset, rank backbones for it,
+and train several models on it, as `transferlab data info`, `rank` and `compare` do (they call
+these). (`compare_models`, not `compare`: `transferlab.compare` is the module that trains a
+comparison, and a submodule is an attribute of the package.)
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def rank(dataset: str | os.PathLike[str], models: Sequence[str] | None = None, *
     return rank_models(opts, candidates, skipped, out_dir=Path(out))
 
 
-def compare(config: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] = "runs/compare", *,
+def compare_models(config: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] = "runs/compare", *,
             from_rank: str | os.PathLike[str] | None = None, top: int | None = None, seeds: int = 1,
             only: Sequence[str] | None = None, report: bool = True, sets: Sequence[str] = (),
             **fields: Any) -> list[Any]:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.commands._common import config_flag
-from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
 SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "quiet")
@@ -61,13 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Train the comparison and print where it went."""
-    from transferlab.api import compare
+    from transferlab.api import compare_models
 
-    if args.from_rank is not None and args.weights_dir is not None:
-        raise TransferlabError("--from-rank uses the weights the ranking scored; drop --weights-dir")
-    if args.from_rank is None and args.top is not None:
-        raise TransferlabError("--top picks models of a ranking; use it with --from-rank RANK_DIR")
-    compare(args.config, args.out, from_rank=args.from_rank, top=args.top, seeds=args.seeds,
+    compare_models(args.config, args.out, from_rank=args.from_rank, top=args.top, seeds=args.seeds,
             only=args.only, report=not args.no_report, sets=args.sets,
             **{k: v for k, v in shared_overrides(args).items() if v is not None})
     out = Path(args.out)
