@@ -57,6 +57,17 @@ def test_train_returns_a_finished_run_of_the_folder(trained: tuple[Any, Path]) -
     assert "test top-1" in run._repr_html_() and "tiny" in repr(run)
 
 
+def test_plots_return_figures(trained: tuple[Any, Path]) -> None:
+    from matplotlib.figure import Figure
+
+    run, _ = trained
+    curves, confusion = run.plot_curves(), run.evaluate().plot_confusion(title="tiny")
+    assert isinstance(curves, Figure) and isinstance(confusion, Figure)
+    assert len(curves.axes) == 2 and "tiny" in confusion.axes[0].get_title()
+    image = confusion.axes[0].images[0].get_array()
+    assert image.shape == (3, 3) and np.allclose(image.sum(axis=1), 1.0)  # rows normalised
+
+
 def test_evaluate_export_load_predict_agree_with_the_cli(trained: tuple[Any, Path], tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     run, photos = trained

@@ -75,6 +75,16 @@ class Run:
 
         return read_metrics(self.path)
 
+    def plot_curves(self) -> Any:
+        """Loss and top-1 accuracy per epoch, train and validation, stages marked (a matplotlib
+        `Figure`; the report draws the same)."""
+        from transferlab.report.figures import learning_curves_figure
+
+        rows = self.metrics
+        if not rows:
+            raise TransferlabError(f"{self.path} has no metrics.csv yet: no epoch has finished")
+        return learning_curves_figure(rows, title=self.path.name)
+
     def _finished_or_error(self, what: str) -> None:
         if not self.finished:
             raise TransferlabError(f"{self.path} is not finished (no {SUMMARY}), so it cannot be "

@@ -107,6 +107,11 @@ def _column(rows: Sequence[Mapping[str, object]], key: str) -> list[float]:
 def plot_learning_curves(
     rows: Sequence[Mapping[str, object]], path: Path, title: str = ""
 ) -> Path:
+    """Save `learning_curves_figure` as a PNG."""
+    return save_figure(learning_curves_figure(rows, title), path)
+
+
+def learning_curves_figure(rows: Sequence[Mapping[str, object]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for train and validation, with stage boundaries marked."""
     x, starts = _stage_positions(rows)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -133,7 +138,8 @@ def plot_learning_curves(
         ax.legend(fontsize=8, loc="center right")
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    plt.close(fig)  # returned, not left open (see confusion_figure)
+    return fig
 
 
 @dataclass(frozen=True)
