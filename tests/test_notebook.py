@@ -27,7 +27,9 @@ def test_quickstart_notebook_runs_under_a_kernel(tmp_path: Path, monkeypatch: py
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "transferlab test", "language": "python",
-        "env": {"PYTHONPATH": path, "TRANSFERLAB_DATA": str(tmp_path / "data")},
+        # Jupyter's own inline backend (the suite may run with MPLBACKEND=Agg), so figures show.
+        "env": {"PYTHONPATH": path, "TRANSFERLAB_DATA": str(tmp_path / "data"),
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
     }))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
