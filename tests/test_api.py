@@ -57,6 +57,14 @@ def test_train_returns_a_finished_run_of_the_folder(trained: tuple[Any, Path]) -
     assert "test top-1" in run._repr_html_() and "tiny" in repr(run)
 
 
+def test_resume_goes_through_the_training_rules(trained: tuple[Any, Path]) -> None:
+    run, _ = trained
+    with pytest.raises(TransferlabError, match="cannot change \\['seed'\\] when resuming"):
+        run.resume(seed=3)
+    with pytest.raises(TransferlabError, match="already finished"):
+        run.resume(quiet=True)
+
+
 def test_plots_return_figures(trained: tuple[Any, Path]) -> None:
     from matplotlib.figure import Figure
 
