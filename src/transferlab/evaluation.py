@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,44 @@ class Evaluation:
     coarse_classes: list[str] = field(default_factory=list)
     coarse_confusion: np.ndarray | None = None  # CIFAR-100 only: (20, 20)
     coarse_confused_pairs: list[ConfusedPair] = field(default_factory=list)
+
+    def plot_confusion(self, title: str = "", coarse: bool = False) -> Any:
+        """The row-normalised confusion matrix as a matplotlib `Figure` (class names on both axes).
+
+        Args:
+            title: the figure's title (the top-1 accuracy is added).
+            coarse: CIFAR-100's 20 superclasses instead of the fine classes.
+        """
+        from transferlab.report.figures import confusion_figure
+
+        if coarse and self.coarse_confusion is None:
+            raise TransferlabError("this evaluation has no superclasses (CIFAR-100 fine labels only)")
+        if coarse:
+            return confusion_figure(self.coarse_confusion, self.coarse_classes, title)
+        return confusion_figure(self.confusion, self.classes, title)
+
+    def _repr_html_(self) -> str:
+        """Accuracy, per-class accuracy and the most-confused pairs as tables (Jupyter)."""
+        from html import escape
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None or np.isnan(v) else f"{100 * v:.1f}%"
+
+        def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+            head = "".join(f"<th>{escape(h)}</th>" for h in header)
+            body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+        top5 = f", top-5 {pct(self.test_acc5)}" if self.test_acc5 is not None else ""
+        support = self.confusion.sum(axis=1)
+        per_class = [(name, pct(acc), int(n)) for name, acc, n in
+                     zip(self.classes, self.per_class_acc, support, strict=True)]
+        pairs = [(p.true, p.predicted, p.count, pct(p.fraction_of_true)) for p in self.confused_pairs]
+        return (f"<p><b>test top-1 {pct(self.test_acc1)}{top5}</b> ({int(self.confusion.sum()):,} "
+                f"images, from {escape(self.source)})</p>"
+                + table(("class", "accuracy", "test images"), per_class)
+                + ("<p>most-confused pairs</p>" + table(("true", "predicted", "images", "of the true class"), pairs)
+                   if pairs else ""))
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (the full matrices go to CSV files)."""
@@ -259,7 +298,9 @@ def predict_from_checkpoint(
             f"{run_dir} has neither {PREDICTIONS_FILE} nor best.pt with config.yaml; "
             "point `transferlab evaluate` at a run directory written by `transferlab train`"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from transferlab.training.device import select_device
+
+    dev = select_device(device or "auto")
     model = load_checkpoint_model(checkpoint, map_location=dev).eval().to(dev)
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
     dataset = load_dataset(

@@ -24,7 +24,7 @@ from timm.data import ImageNetInfo, create_transform
 from transferlab.choices import IMAGE_SUFFIXES
 from transferlab.data.images import max_image_pixels
 from transferlab.errors import TransferlabError
-from transferlab.export import OnnxClassifier
+from transferlab.export import ExportedClassifier, OnnxClassifier, TorchScriptClassifier
 from transferlab.models import (
     PreprocessConfig,
     TransferModel,
@@ -37,7 +37,8 @@ from transferlab.models import (
 
 IMAGENET_CLASSES = 1000
 ONNX_SUFFIX = ".onnx"
-Predictor = TransferModel | OnnxClassifier
+TORCHSCRIPT_SUFFIX = ".torchscript.pt"  # `transferlab export --format torchscript`
+Predictor = TransferModel | OnnxClassifier | TorchScriptClassifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,12 +128,13 @@ def class_names(model: Predictor) -> list[str]:
     return [str(i) for i in range(model.num_classes)]
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | Path | Image.Image, max_pixels: int | None = None) -> Image.Image:
     """An upright RGB PIL image, decoded as the dataset loaders decode (EXIF orientation applied,
-    transparency on white, 16-bit scaled).
+    transparency on white, 16-bit scaled). An image already in memory (a PIL image) is converted
+    the same way.
 
     Args:
-        path: the image file.
+        path: the image file, or a PIL image.
         max_pixels: refuse a file whose header claims more pixels (a decompression bomb);
             None: $TRANSFERLAB_MAX_IMAGE_PIXELS, else the default limit.
 
@@ -141,6 +143,8 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """
     from transferlab.data.images import decode_failure, open_image, to_rgb
 
+    if isinstance(path, Image.Image):
+        return to_rgb(path.copy())  # exif_transpose works in place: leave the caller's image be
     if not Path(path).exists():
         raise TransferlabError(f"image {path} not found; check the path")
     limit = max_image_pixels(max_pixels)
@@ -156,13 +160,13 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
 @torch.no_grad()
 def predict_images(
     model: Predictor,
-    images: Sequence[str | Path],
+    images: Sequence[str | Path | Image.Image],
     top: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     max_pixels: int | None = None,
 ) -> list[Prediction]:
-    """Top-`top` classes with softmax probabilities for each image file, in input order.
+    """Top-`top` classes with softmax probabilities for each image file (or PIL image), in input order.
 
     An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says. Images whose
     header claims more than `max_pixels` pixels are refused (see `load_image`).
@@ -174,7 +178,7 @@ def predict_images(
     limit = max_image_pixels(max_pixels)
     top = min(top, model.num_classes)
     names = class_names(model)
-    onnx = isinstance(model, OnnxClassifier)
+    onnx = isinstance(model, ExportedClassifier)
     if onnx:
         # The exported graph normalises; it takes float pixels NHWC in [0, 255].
         transform = pixel_transform(model.pretrained_cfg)
@@ -210,7 +214,7 @@ def load_predict_model(
         model_name: registry name; may be omitted for a transferlab checkpoint or export (they
             record it).
         weights: a transferlab `best.pt`, a `transferlab export` file (.onnx runs with ONNX
-            Runtime), or a weights file with a classifier (e.g. ImageNet).
+            Runtime, .torchscript.pt with TorchScript), or a weights file with a classifier (e.g. ImageNet).
         weights_dir: a folder holding a weights file for `model_name` (see `create_model`).
         pretrained: download timm's ImageNet weights instead.
 
@@ -225,6 +229,13 @@ def load_predict_model(
                 f"{weights} holds a {onnx_model.model_name} model, not {model_name}; drop --model"
             )
         return onnx_model
+    if weights is not None and str(weights).endswith(TORCHSCRIPT_SUFFIX):
+        scripted = TorchScriptClassifier(weights)
+        if model_name is not None and model_name != scripted.model_name:
+            raise TransferlabError(
+                f"{weights} holds a {scripted.model_name} model, not {model_name}; drop --model"
+            )
+        return scripted
     if weights is not None and Path(weights).suffix == ".safetensors" and model_name is None:
         # A `transferlab export --format safetensors` file names its model.
         source = read_weights(weights)

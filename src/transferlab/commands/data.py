@@ -73,31 +73,12 @@ def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    import numpy as np
+    from transferlab.api import data_info
 
-    ds = dataset_from_args(args)
-    counts = ds.class_counts()
-    carved = _run_splits(args, ds["train"].labels)
-    if carved:
-        counts = {
-            **{k: np.bincount(v, minlength=ds.num_classes) for k, v in carved.items()},
-            **{k: v for k, v in counts.items() if k != "train"},
-        }
-    h, w = ds.image_size
-    print(f"{ds.name}: {ds.num_classes} classes, {h}x{w} RGB images")
-    sources = dict(ds.split_sources)
-    if carved:
-        sources["val"] = f"carved from {sources.get('train', 'the training split')}"
-    for split, c in counts.items():
-        source = sources.get(split)
-        print(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)"
-              + (f"  from {source}" if source else ""))
-    if ds.coarse_classes:
-        print(f"  coarse labels: {len(ds.coarse_classes)} superclasses (use --labels coarse)")
-    name_width = max(len(c) for c in ds.classes)
-    print(f"\n  {'class':<{name_width}} " + " ".join(f"{s:>7}" for s in counts))
-    for i, name in enumerate(ds.classes):
-        print(f"  {name:<{name_width}} " + " ".join(f"{int(c[i]):>7,}" for c in counts.values()))
+    print(data_info(args.dataset, data_root=args.data_root, image_size=args.image_size,
+                    labels=args.labels, workers=args.workers, val_fraction=args.val_fraction,
+                    train_fraction=args.train_fraction, seed=args.seed,
+                    max_image_pixels=args.max_image_pixels))
     return 0
 
 

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"output folder (default RUN_DIR/{EVALUATION_DIR})")
     parser.add_argument("--pairs", type=non_negative_int, default=20, help="most-confused pairs to list (default 20)")
     parser.add_argument("--device", default=None,
-                        help="device for predicting from best.pt (default cuda if available, else cpu)")
+                        help="device for predicting from best.pt (default auto: cuda, then mps, then cpu)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps")
     parser.set_defaults(func=run)
     return parser
@@ -31,12 +31,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the files and print the headline numbers."""
-    from transferlab.evaluation import evaluate_run, write_evaluation
+    from transferlab.api import Run
+    from transferlab.evaluation import write_evaluation
     from transferlab.io import check_dir_path
     from transferlab.report.tables import fmt_pct
 
     check_dir_path(args.out or args.run_dir / EVALUATION_DIR, "--out")  # before the predictions
-    result = evaluate_run(args.run_dir, device=args.device, num_pairs=args.pairs)
+    result = Run(args.run_dir).evaluate(device=args.device, pairs=args.pairs)
     out = write_evaluation(result, args.out or args.run_dir / EVALUATION_DIR,
                            title=args.run_dir.resolve().name, figures=not args.no_figures)
     top5 = f"  top-5 {fmt_pct(result.test_acc5)}" if result.test_acc5 is not None else ""

@@ -7,6 +7,7 @@ import json
 
 from transferlab.choices import IMAGE_SUFFIXES
 from transferlab.commands._common import config_flag, positive_int
+from transferlab.errors import TransferlabError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--device", default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
+        help="auto, cpu, cuda, cuda:1, mps (default auto: cuda, then mps, then cpu; an exported "
+        ".onnx or .torchscript.pt file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     config_flag(parser, "max_image_pixels")
@@ -55,22 +57,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, predict, print."""
-    import torch
+    from transferlab.api import load
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from transferlab.predict import expand_images, load_predict_model, predict_images
-
-    images = expand_images(args.images)
-    model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
-    predictions = predict_images(
-        model, images, top=args.top, batch_size=args.batch_size, device=device,
-        max_pixels=args.max_image_pixels,
-    )
+    if args.weights is None and args.weights_dir is None and not args.pretrained:
+        raise TransferlabError("say which weights to use: --weights FILE, --weights-dir DIR or --pretrained")
+    if args.model is None and args.weights is None:
+        raise TransferlabError("--model is required unless --weights is a transferlab checkpoint")
+    classifier = load(args.weights, model=args.model, weights_dir=args.weights_dir,
+                      pretrained=args.pretrained, device=args.device)
+    predictions = classifier.predict(args.images, top=args.top, batch_size=args.batch_size,
+                                     max_pixels=args.max_image_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
     for prediction in predictions:
-        print(prediction.image)
-        for rank, score in enumerate(prediction.top, start=1):
-            print(f"  {rank}. {score.prob:7.2%}  {score.name} ({score.index})")
+        print(prediction.source)
+        for rank, ((name, prob), index) in enumerate(zip(prediction.top, prediction.indices, strict=True),
+                                                     start=1):
+            print(f"  {rank}. {prob:7.2%}  {name} ({index})")
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab import __version__
+from transferlab._version import __version__
 from transferlab.models import PreprocessConfig, TransferModel
 
 METADATA_KEY = "transferlab"  # ONNX metadata_props key / TorchScript extra file stem (JSON)

@@ -34,6 +34,7 @@ import torch
 
 from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text, check_dir_path
+from transferlab.logs import info
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
@@ -211,7 +212,7 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
 
 def score_candidate(candidate: Candidate, dataset: Any, splits: dict[str, np.ndarray],
                     options: RankOptions, device: torch.device,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = info) -> dict[str, Any]:
     """Build, extract (or load cached features), score and time one candidate; one record of rank.json."""
     start = time.perf_counter()
     train = dataset["train"]
@@ -248,7 +249,7 @@ def score_candidate(candidate: Candidate, dataset: Any, splits: dict[str, np.nda
 
 
 def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: Sequence[Skipped],
-                out_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                out_dir: str | Path | None = None, log: Callable[[str], None] = info) -> dict[str, Any]:
     """Score every candidate on the same stratified subset; write rank.json/.csv/.png into `out_dir`.
 
     A candidate whose model cannot be built or whose weights cannot be loaded is skipped with the
