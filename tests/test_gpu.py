@@ -12,6 +12,8 @@ mean loss over an epoch moves less than its per-step values. They are loose enou
 and strict enough to catch a wrong dtype, a skipped optimiser step, a lost memory format or a
 batch on the wrong device (each of which moves the loss by far more, or fails outright). The
 first GPU run records the measured differences in bench/GPU_RESULTS.md: tighten them from there.
+As a stand-in, the same runs on the CPU with bf16 autocast moved the first epoch's mean training
+loss by 0.016 (its bf16 tolerance here: 0.064) and the test loss by 0.001.
 """
 
 from __future__ import annotations
