@@ -12,6 +12,10 @@ it) from the repository root, and gets `bench/GPU_RESULTS.md`:
 3. quick study: ``transferlab compare --config configs/quick.yaml`` on ../shared's CIFAR-10 copy
    and weights, ``--device cuda``.
 
+Where ../shared is absent (it is outside the repository), the bench runs on generated JPEGs and
+the study on synthetic CIFAR-10-sized data with random weights (``--set pretrained=false``):
+every path and time of the study, no meaningful accuracy; the results say so.
+
 Each step runs in its own process group under a time limit (the whole check is sized to finish
 in under 8 minutes on one H100 / H200), its output goes to a log, and a failed or timed-out step is
 recorded and the check goes on. The results file is written after every step, so even a check
