@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the names a type checker and an IDE see; loaded lazily at r
         Prediction,
         Predictions,
         Run,
+        audit_data,
         compare_models,
         data_info,
         load,
@@ -50,13 +51,14 @@ _LAZY = {
     "Evaluation": "transferlab.api",
     "DatasetInfo": "transferlab.api",
     "rank": "transferlab.api",
+    "audit_data": "transferlab.api",
     "compare_models": "transferlab.api",
     "data_info": "transferlab.api",
     "TransferlabError": "transferlab.errors",
 }
 
 __all__ = ["Classifier", "DatasetInfo", "Evaluation", "Prediction", "Predictions", "Run",
-           "TransferlabError", "__version__", "compare_models", "data_info", "load", "rank", "train"]
+           "TransferlabError", "__version__", "audit_data", "compare_models", "data_info", "load", "rank", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -188,3 +188,38 @@ def compare_models(config: str | os.PathLike[str] | None = None, out: str | os.P
         write_report(finished, Path(out), title=plan.title, description=plan.description,
                      labels={e.name: e.label for e in plan.entries})
     return [Run(p) for p in finished]
+
+
+def audit_data(dataset: str | os.PathLike[str], *, out: str | os.PathLike[str] = "audit",
+          weights: str | os.PathLike[str] | None = None, weights_dir: str | os.PathLike[str] | None = None,
+          pretrained: bool = False, **options: Any) -> Any:
+    """Audit a dataset: duplicates and train/test leakage, likely label errors, odd images, balance.
+
+    Writes audit.json, audit.csv (one row per finding: give it to `train(..., exclude=...)`) and
+    audit.html (thumbnails) into `out`; the dataset's files are never changed.
+
+    Args:
+        dataset: as for `train`.
+        out: the folder written.
+        weights: the weights file of the backbone that describes the images (MobileNetV2 by default).
+        weights_dir: a folder holding it (found by its metadata).
+        pretrained: download the weights (online).
+        **options: other `AuditOptions` fields: model, input_size, image_size, data_root, device,
+            batch_size, near_threshold, label_issues, workers, max_image_pixels, quiet.
+
+    Returns:
+        The `AuditResult`: `findings` (each with path, split, kind, score, group, suggested class),
+        duplicate `groups`, `class_counts`, `settings`, `timings_s`; `.count(kind)`, `.of_kind(kind)`.
+    """
+    from transferlab.audit import AuditOptions, run_audit
+
+    valid = {f.name for f in dataclasses.fields(AuditOptions)} - {"dataset", "weights", "weights_dir",
+                                                                   "pretrained"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TransferlabError(f"unknown audit setting(s) {unknown}; valid settings are {sorted(valid)}")
+    opts = AuditOptions(dataset_spec(dataset), weights=None if weights is None else os.fspath(weights),
+                        weights_dir=None if weights_dir is None else os.fspath(weights_dir),
+                        pretrained=pretrained, **options)
+    result, _ = run_audit(opts, Path(out))
+    return result

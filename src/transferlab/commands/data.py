@@ -97,20 +97,21 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from transferlab.audit import AuditOptions, run_audit, summary_lines
+    from pathlib import Path
 
-    options = AuditOptions(args.dataset, data_root=args.data_root, image_size=args.image_size,
-                           workers=args.workers, model=args.model or AuditOptions.model,
-                           weights=args.weights, weights_dir=args.weights_dir, pretrained=args.pretrained,
-                           input_size=args.input_size, device=args.device,
-                           max_image_pixels=args.max_image_pixels,
-                           label_issues=not args.no_labels, quiet=args.quiet)
-    result, paths = run_audit(options, args.out)
+    from transferlab.api import audit_data
+    from transferlab.audit import AuditOptions, summary_lines
+
+    result = audit_data(args.dataset, out=args.out, weights=args.weights, weights_dir=args.weights_dir,
+                   pretrained=args.pretrained, data_root=args.data_root, image_size=args.image_size,
+                   workers=args.workers, model=args.model or AuditOptions.model,
+                   input_size=args.input_size, device=args.device, label_issues=not args.no_labels,
+                   max_image_pixels=args.max_image_pixels, quiet=args.quiet)
     for line in summary_lines(result):
         print(line)
-    print(f"wrote {paths['html']} (open it in a browser), {paths['csv']} and {paths['json']}")
-    flagged = sum(result.count(k) for k in ("leakage", "duplicate", "label_conflict"))
-    if flagged:
-        print(f"to train without the flagged copies: transferlab train ... --exclude {paths['csv']} "
+    out = Path(args.out)
+    print(f"wrote {out / 'audit.html'} (open it in a browser), {out / 'audit.csv'} and {out / 'audit.json'}")
+    if any(result.count(k) for k in ("leakage", "duplicate", "label_conflict")):
+        print(f"to train without the flagged copies: transferlab train ... --exclude {out / 'audit.csv'} "
               "(edit the CSV first to keep any row's file)")
     return 0
