@@ -22,6 +22,20 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked `gpu` where PyTorch sees no CUDA device, saying so."""
+    if torch.cuda.is_available():
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    reason = (f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, "
+              f"CUDA build {torch.version.cuda}"
+              + (f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "") + ")")
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> Iterator[None]:
     """One intra-op thread: the suite's models are tiny, and two threads on a shared 2-core

@@ -271,6 +271,31 @@ def test_rows_mark_keras_not_run_with_the_reason():
     assert pipe.status == "met"
 
 
+def test_off_the_cpu_no_fast_frozen_part_is_timed_and_the_row_says_why(monkeypatch):
+    """On a GPU `transferlab train` runs a frozen part eagerly (fast_prefix is CPU-only): the bench
+    times the plain and the cached rows there, and the fast-engine row says why it is empty."""
+    run = _load_run_module()
+    work = presets.FALLBACKS["quick"]["inception_v3"]  # train from:Mixed_7b
+    preset = presets.Preset("quick", [(work, "bench default")], (work, "bench default"), [])
+    calls = []
+    monkeypatch.setattr(run.tl, "train_steps", lambda *a, **k: calls.append(("train", k)))
+    monkeypatch.setattr(run.tl, "train_steps_cached", lambda *a, **k: calls.append(("cached", k)))
+    monkeypatch.setattr(run.tl, "pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(run.tl, "head_stage", lambda *a, **k: None)
+    ctx = {"presets": {"quick": preset}, "budget": run.QUICK, "errors": {}, "train": {},
+           "train_fast": {}, "train_cached": {}, "pipeline": {}, "extract": {}, "head": {},
+           "decode": {"images": 1, "seconds": 1.0}, "extract_backend": None}
+    for device, fast in (("cuda", False), ("cpu", True)):
+        calls.clear()
+        run.measure_transferlab(ctx, None, None, torch.device(device), run.QUICK, None)
+        assert [name for name, _ in calls] == (["train", "train", "cached"] if fast else ["train", "cached"])
+        assert any("frozen_backend" in k for _, k in calls) is fast, (device, calls)
+    ctx.update(keras={"skipped": "not run"}, peak=None, torch_peak=None, peak_n=64,
+               device_name="GPU", data_name="x.tar.gz", device_type="cuda", train_fast={})
+    fast_row = next(r for r in run.build_rows(ctx) if "frozen part on" in r.name)
+    assert fast_row.ours is None and "not measured off the CPU" in fast_row.note
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow not installed "
                     "(bench/requirements.txt lives in bench/.venv only)")
 def test_keras_benchmark_cnn_matches_transferlab():
@@ -321,7 +346,8 @@ def test_main_interleaves_repeats_and_reports_the_median_ratio(tmp_path, monkeyp
             order.append("decode")
             ctx["decode"] = {"images": 100, "seconds": 0.5}
 
-    def keras(jobs, images, labels, threads, device):
+    def keras(jobs, images, labels, threads, device, cache):
+        assert cache == tmp_path / "cache"
         order.append("keras")
         return {"jobs": {f"train:quick:{work.model}": {"batch": work.batch, "times_s": [0.2]}}}
 

@@ -73,7 +73,7 @@ def test_rank_features_are_the_cache_a_training_run_reads(tmp_path, weights_dir,
     (["--models", "resnet50"], "no candidate has pretrained weights"),
     (["--models", "benchmark_cnn,benchmark_cnn"], "twice"),
     (["--models", "benchmark_cnn", "--max-images", "5"], "too few"),
-    (["--models", "benchmark_cnn", "--input-size", "0"], "in pixels"),
+    (["--models", "benchmark_cnn", "--input-size", "0"], "argument --input-size: 0 must be positive"),
 ])
 def test_rank_errors_name_the_problem(tmp_path, weights_dir, capsys, extra, message):
     assert main(rank_args(tmp_path, weights_dir, "--out", str(tmp_path / "r"), *extra)) == 2
@@ -115,7 +115,7 @@ def test_compare_from_rank_fine_tunes_the_best_and_reports_the_rank_correlation(
 @pytest.mark.parametrize("args, message", [
     (["--from-rank", "nowhere"], "rank.json not found"),
     (["--config", "configs/quick.yaml", "--top", "2"], "use it with --from-rank"),
-    (["--from-rank", "RANK", "--top", "0"], "give at least 1"),
+    (["--from-rank", "RANK", "--top", "0"], "argument --top: 0 must be positive"),
 ])
 def test_compare_from_rank_errors(tmp_path, capsys, args, message):
     rank = tmp_path / "rank"

@@ -63,6 +63,12 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     ({"stages": [{"min_lr": -1e-5}]}, "min_lr"),
     ({"stages": [{"gamma": 0.0}]}, r"gamma=0.0 must be in \(0, 1\]"),
     ({"stages": [{"rho": 1.5}]}, "rho=1.5"),
+    ({"split_seed": -1}, "split_seed=-1 must be >= 0"),
+    ({"max_image_pixels": 0}, "max_image_pixels=0"),
+    ({"stages": [{"step_epochs": 0}]}, "step_epochs=0 must be >= 1"),
+    ({"stages": [{"plateau_patience": -1}]}, "plateau_patience=-1"),
+    ({"input_size": 7}, "input_size=7 is below the smallest input benchmark_cnn takes, 8 px"),
+    ({"model": "inception_v3", "input_size": 74}, "takes, 75 px"),
 ])
 def test_bad_values_raise_clear_errors(data: dict, words: str) -> None:
     with pytest.raises(TransferlabError, match=words):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 
 from transferlab.data import ArrayRows, cache, images
 from transferlab.data.folder import load_folder
+from transferlab.errors import TransferlabError
 from transferlab.training.engine import Batches
 
 
@@ -89,16 +89,18 @@ def test_an_interrupted_decode_leaves_no_cache_and_the_next_run_decodes(
     real = images.decode
     calls = {"n": 0}
 
-    def interrupted(path: Path, rel: str, plan: images.SizePlan) -> np.ndarray:
+    def interrupted(path: Path, rel: str, plan: images.SizePlan, max_pixels: int) -> np.ndarray:
         calls["n"] += 1
         if calls["n"] > 10:
             if workers == 1:
                 raise KeyboardInterrupt
             os._exit(1)  # a worker killed (out of memory, a crashing decoder)
-        return real(path, rel, plan)
+        return real(path, rel, plan, max_pixels)
 
     monkeypatch.setattr("transferlab.data.decode.decode", interrupted)
-    with pytest.raises(KeyboardInterrupt if workers == 1 else BrokenProcessPool):
+    # A dead worker is a clean error that says what probably happened and what to change.
+    with pytest.raises(KeyboardInterrupt if workers == 1 else TransferlabError,
+                       match=None if workers == 1 else "decoding worker process died"):
         load_folder(src, tmp_path / "cache", target_size=32, workers=workers)
     assert entries(tmp_path / "cache") == []  # no complete-looking entry, no temporary left
     monkeypatch.setattr("transferlab.data.decode.decode", real)

@@ -24,13 +24,15 @@ PACKAGE = "transferlab"
 # with report.figures, and the report includes it; results is the shared reader of the files
 # that compare / sweep write and the report reads.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices")),
+    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices",
+              "transferlab.metrics")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
     ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",
                   "transferlab.export")),
     ("results", ("transferlab.results",)),
-    ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking")),
+    ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking",
+                       "transferlab.audit")),
     ("report", ("transferlab.report", "transferlab.evaluation")),
     ("commands", ("transferlab.commands", "transferlab.cli", "transferlab.__main__")),
 )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,20 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C)."""
-    parser = build_parser()
+    """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C,
+    141 output into a closed pipe)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse: --help (0) or a bad flag (2, message already printed)
-        return int(exit_.code or 0)
-    try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:  # argparse: --help (0) or a bad flag (2, message already printed)
+            return int(exit_.code or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except TransferlabError as err:
         print(f"transferlab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("transferlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`transferlab predict ... | head -1`): stop quietly, as a program
+        # killed by SIGPIPE would (exit 128 + 13). Python docs, "Note on SIGPIPE": point stdout
+        # at devnull so the interpreter's final flush does not raise again.
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Send whatever is still buffered for stdout to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # stdout is not a file descriptor (a test's capture): nothing is flushed to a pipe
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from transferlab.config import parse_yaml
 from transferlab.errors import TransferlabError
 
 COMPARE_KEYS = {"title", "description", "shared", "models"}
@@ -120,10 +119,7 @@ def load_compare_config(path: Path) -> CompareConfig:
     if not path.is_file():
         raise TransferlabError(f"compare config {path} not found; pass an existing YAML file to --config")
     text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise TransferlabError(f"compare config {path} is not valid YAML: {err}") from err
+    data = parse_yaml(text, f"compare config {path}")
     return parse_compare_config(data, where=str(path), source=text)
 
 
@@ -231,9 +227,9 @@ def run_compare(
         The run directories of every finished model of the config (also those of earlier
         `only` runs), in config order.
     """
-    from transferlab.io import atomic_write_text
+    from transferlab.io import atomic_write_text, check_dir_path
 
-    out_dir = Path(out_dir)
+    out_dir = check_dir_path(out_dir, "comparison folder")
     planned = plan_runs(config, out_dir, seeds, overrides, sets, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config.source:

@@ -116,9 +116,11 @@ class TrainConfig:
     labels: str = "fine"  # CIFAR-100 label set: fine (100 classes) | coarse (20 superclasses)
     image_size: int | None = None  # store images at N x N px (shorter side to N, centre crop); None = native if all share one size, else from the input size
     workers: int = 0  # processes decoding an image folder on a cold cache; 0 = one per usable core
+    max_image_pixels: int | None = None  # refuse images with more pixels (width x height; a guard against decompression bombs); None = $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250,000,000
     val_fraction: float = 0.2  # share of train/ held out for validation (early stopping) unless the folder has val/ and test/; 0 = none
     train_fraction: float = 1.0  # share of the remaining training images used (subsampling)
     split_seed: int = 0  # seed of the stratified train / val split
+    exclude: str | None = None  # file of images to leave out: an audit.csv (`transferlab data audit`) or one source-relative path per line; the folder itself is never changed
     seed: int = 0  # seed of initialisation, shuffling, augmentation and dropout
     model: str = "benchmark_cnn"  # architecture: a name from `transferlab models`, or timm:<name>
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments (YAML mapping)
@@ -176,6 +178,25 @@ def field_help(cls: type) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # dict <-> dataclass
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """`yaml.safe_load(text)`, or a `TransferlabError` naming `what` and the error's line and column.
+
+    Args:
+        text: the YAML text.
+        what: the input in words for the message, e.g. "config file run.yaml".
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        detail = f"{context}, {problem}" if context else problem
+        raise TransferlabError(f"{what} is not valid YAML{where}: {detail}. Fix the text there "
+                               "(quote strings holding ':' or '#', close brackets and quotes)") from err
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -281,10 +302,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise TransferlabError(f"config file {path} not found; pass an existing YAML file to --config")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise TransferlabError(f"config file {path} is not valid YAML: {err}") from err
+        data = parse_yaml(path.read_text(), f"config file {path}") or {}
         if not isinstance(data, dict):
             raise TransferlabError(f"config file {path} must hold a mapping of fields")
         if data.get("stages") and data.get("recipe") not in (None, "auto", CUSTOM):
@@ -318,7 +336,7 @@ def apply_set(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise TransferlabError(f"--set {assignment!r}: expected KEY=VALUE, e.g. stages.0.lr=1e-3")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     parts = [p.replace("-", "_") for p in key.strip().split(".")]
     node: Any = data
     for i, part in enumerate(parts):
@@ -379,7 +397,7 @@ def validate(config: TrainConfig) -> None:
     _choice(config.recipe, (*RECIPES, CUSTOM), "recipe")
     if not config.stages:
         raise TransferlabError("config: stages is empty; name at least one stage or choose a recipe")
-    for name in ("input_size", "image_size", "eval_batch_size"):
+    for name in ("input_size", "image_size", "eval_batch_size", "max_image_pixels"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise TransferlabError(f"{name}={value} must be a positive integer, or null for the default")
@@ -389,6 +407,9 @@ def validate(config: TrainConfig) -> None:
         raise TransferlabError(f"workers={config.workers} must be >= 0 (0 = one per usable core)")
     if config.checkpoint_every < 0:
         raise TransferlabError("checkpoint_every must be >= 0 (0 = only at epoch ends)")
+    for name in ("seed", "split_seed"):
+        if getattr(config, name) < 0:
+            raise TransferlabError(f"{name}={getattr(config, name)} must be >= 0")
     if not isinstance(config.model_kwargs, dict):
         raise TransferlabError("model_kwargs must be a mapping, e.g. {drop_rate: 0.2}")
     names = [s.name for s in config.stages]
@@ -431,3 +452,12 @@ def validate(config: TrainConfig) -> None:
                 raise TransferlabError(f"{where}: {name}={getattr(s, name)} must be in (0, 1]")
         if s.early_stopping.patience < 0:
             raise TransferlabError(f"{where}: early_stopping.patience must be >= 0")
+        if s.step_epochs < 1:
+            raise TransferlabError(f"{where}: step_epochs={s.step_epochs} must be >= 1")
+        if s.plateau_patience < 0:
+            raise TransferlabError(f"{where}: plateau_patience={s.plateau_patience} must be >= 0")
+    if config.input_size is not None:
+        # Before any data is decoded: a size the model cannot take fails here, not mid-run.
+        from transferlab.models.input_size import check_input_size
+
+        check_input_size(config.model, config.input_size, config.model_kwargs)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 
 PREDICTIONS_FILE = "predictions_test.npz"
 EVALUATION_DIR = "evaluation"
@@ -320,7 +320,7 @@ def _pairs_csv(pairs: Sequence[ConfusedPair]) -> str:
 
 def write_evaluation(result: Evaluation, out_dir: Path, title: str = "", figures: bool = True) -> Path:
     """Write the evaluation's JSON, CSV files and (optionally) confusion-matrix heatmaps."""
-    out_dir = Path(out_dir)
+    out_dir = check_dir_path(out_dir, "evaluation folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "evaluation.json", json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(out_dir / "confusion_matrix.csv", _matrix_csv(result.confusion, result.classes))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from transferlab.errors import TransferlabError
+
 # Rename attempts before atomic_write_dir gives up: each lost round means another writer replaced
 # an incomplete directory at that very moment, so a handful of rounds is already generous.
 _PLACE_ATTEMPTS = 10
@@ -35,6 +37,60 @@ def _umask() -> int:
 def _umask_mode(base: int) -> int:
     """`base` (0o666 files, 0o777 directories) masked by the umask, as open() and mkdir() do."""
     return base & ~_umask()
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why no folder can be made or written at `folder`, or None when one can (nothing is created)."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder" if existing != folder else "it is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable for this user"
+    return None
+
+
+def check_dir_path(path: str | os.PathLike[str], what: str) -> Path:
+    """Check that a folder can be written at `path` (it exists, or can be created); create nothing.
+
+    Called before any work, so an output path under a file or in a read-only place fails at once
+    instead of after a long computation.
+
+    Args:
+        path: the folder.
+        what: the input that named it, for the message (e.g. "out_dir", "--out").
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        TransferlabError: `path` is a file, lies under a file, or is not writable.
+    """
+    path = Path(path).expanduser()
+    reason = _unwritable(path)
+    if reason is not None:
+        raise TransferlabError(f"{what} {path} cannot be used as a folder: {reason}. Choose "
+                               "another path (a folder you can write to), or move that file away.")
+    return path
+
+
+def check_file_path(path: str | os.PathLike[str], what: str) -> Path:
+    """Check that a file can be written at `path` (see `check_dir_path`); create nothing.
+
+    Raises:
+        TransferlabError: `path` is a folder, or its folder is a file, lies under one, or is not
+            writable.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise TransferlabError(f"{what} {path} is a folder; give a file name inside it")
+    reason = _unwritable(path.parent)
+    if reason is not None:
+        reason = f"{path.parent} is a file, not a folder" if reason == "it is a file" else reason
+        raise TransferlabError(f"{what} {path} cannot be written: {reason}. Choose another "
+                               "path (in a folder you can write to), or move that file away.")
+    return path
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:

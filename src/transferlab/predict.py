@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo
 
 from transferlab.choices import IMAGE_SUFFIXES
+from transferlab.data.images import max_image_pixels
 from transferlab.data.preprocess import Preprocess
 from transferlab.errors import TransferlabError
 from transferlab.export import OnnxClassifier
@@ -113,18 +114,30 @@ def class_names(model: Predictor) -> list[str]:
     return [str(i) for i in range(model.num_classes)]
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """An upright RGB PIL image, decoded as the dataset loaders decode (EXIF orientation applied,
-    transparency on white, 16-bit scaled); TransferlabError if the file is missing or not an image."""
-    from transferlab.data.images import to_rgb
+    transparency on white, 16-bit scaled).
 
-    try:
-        with Image.open(path) as image:
+    Args:
+        path: the image file.
+        max_pixels: refuse a file whose header claims more pixels (a decompression bomb);
+            None: $TRANSFERLAB_MAX_IMAGE_PIXELS, else the default limit.
+
+    Raises:
+        TransferlabError: the file is missing, not an image, or above the pixel limit.
+    """
+    from transferlab.data.images import decode_failure, open_image, to_rgb
+
+    if not Path(path).exists():
+        raise TransferlabError(f"image {path} not found; check the path")
+    limit = max_image_pixels(max_pixels)
+    with open_image(Path(path), str(path), limit) as image:
+        try:
             return to_rgb(image)
-    except FileNotFoundError as err:
-        raise TransferlabError(f"image {path} not found; check the path") from err
-    except (UnidentifiedImageError, OSError) as err:
-        raise TransferlabError(f"{path} is not a readable image ({err})") from err
+        except Image.DecompressionBombError as err:  # an animation frame larger than its header
+            raise decode_failure(Path(path), str(path), limit, err) from err
+        except (UnidentifiedImageError, OSError) as err:
+            raise TransferlabError(f"{path} is not a readable image ({err})") from err
 
 
 @torch.no_grad()
@@ -134,20 +147,25 @@ def predict_images(
     top: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    max_pixels: int | None = None,
 ) -> list[Prediction]:
     """Top-`top` classes with softmax probabilities for each image file, in input order.
 
-    An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says.
+    An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says. Images whose
+    header claims more than `max_pixels` pixels are refused (see `load_image`).
     """
     if top < 1:
-        raise TransferlabError(f"--top must be >= 1, got {top}")
+        raise TransferlabError(f"top must be >= 1, got {top}")
+    if batch_size < 1:
+        raise TransferlabError(f"batch_size must be >= 1, got {batch_size}")
+    limit = max_image_pixels(max_pixels)
     top = min(top, model.num_classes)
     names = class_names(model)
     onnx = isinstance(model, OnnxClassifier)
     # One preprocessing path (data/preprocess.py): each file decoded to the stored size by the
     # dataset's own decoder, then the run's batch resize; normalisation here for a PyTorch model,
     # in the graph for an exported one, which takes the resized pixels as float in [0, 255].
-    prepare = Preprocess(model.pretrained_cfg)
+    prepare = Preprocess(model.pretrained_cfg, max_pixels=limit)
     if not onnx:
         model = model.to(device).eval()
     results: list[Prediction] = []

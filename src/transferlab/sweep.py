@@ -28,7 +28,9 @@ from typing import Any
 import yaml
 
 from transferlab.compare import TrainFn, default_train_fn
+from transferlab.config import parse_yaml
 from transferlab.errors import TransferlabError
+from transferlab.io import check_dir_path
 from transferlab.results.runs import load_run, read_metrics
 from transferlab.results.sweeps import SWEEP_FILE
 
@@ -43,7 +45,7 @@ def parse_value(text: str) -> Any:
             return kind(text)
         except ValueError:
             pass
-    return yaml.safe_load(text) if text else None
+    return parse_yaml(text, f"the grid value {text!r}") if text else None
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[Any]]:
@@ -175,7 +177,7 @@ def run_sweep(
     Returns:
         One row per grid point, in grid order.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_dir_path(out_dir, "sweep folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     points = grid_points(grid)
     stage = swept_stage(grid)
@@ -235,7 +237,7 @@ def load_base_config(
     path = Path(path)
     if not path.is_file():
         raise TransferlabError(f"config file {path} not found; pass an existing YAML file to --config")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = parse_yaml(path.read_text(encoding="utf-8"), f"config file {path}")
     if isinstance(data, dict) and "models" in data:
         compare = load_compare_config(path)
         names = [e.name for e in compare.entries]

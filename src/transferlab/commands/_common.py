@@ -13,11 +13,52 @@ import types
 import typing
 from typing import Any
 
-from transferlab.config import FIELD_CHOICES, TrainConfig, field_help
+from transferlab.config import FIELD_CHOICES, TrainConfig, field_help, parse_yaml
 
 
-def flag_type(hint: Any) -> Any:
-    """The argparse type of a resolved field type hint ("int | None" -> int)."""
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be {'positive' if low == 1 else '>= 0'}")
+    return value
+
+
+def yaml_value(text: str) -> Any:
+    """argparse type: a YAML value; a malformed one is refused with its line and column."""
+    from transferlab.errors import TransferlabError
+
+    try:
+        return parse_yaml(text, "the value")
+    except TransferlabError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# Counts among the config's integer fields: validated at the flag, so its message names the flag.
+COUNT_FIELDS = {
+    "batch_size": positive_int, "eval_batch_size": positive_int, "input_size": positive_int,
+    "image_size": positive_int, "max_image_pixels": positive_int, "workers": non_negative_int,
+    "checkpoint_every": non_negative_int, "seed": non_negative_int, "split_seed": non_negative_int,
+}
+
+
+def flag_type(hint: Any, name: str | None = None) -> Any:
+    """The argparse type of a resolved field type hint ("int | None" -> int); for the count
+    field `name`, its checked type from COUNT_FIELDS."""
+    if name in COUNT_FIELDS:
+        return COUNT_FIELDS[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
 
@@ -32,7 +73,7 @@ def config_flag(parser: argparse.ArgumentParser, name: str, positional: bool = F
         positional: add it as a positional argument instead of --<name>.
         kwargs: argparse options that differ from the field's (e.g. default=...).
     """
-    kind = flag_type(typing.get_type_hints(TrainConfig)[name])
+    kind = flag_type(typing.get_type_hints(TrainConfig)[name], name)
     options: dict[str, Any] = {"help": field_help(TrainConfig)[name]}
     if kind is bool:
         options.update(action="store_true", default=None)
@@ -54,6 +95,7 @@ def add_dataset_args(parser: argparse.ArgumentParser, positional: bool = True) -
     config_flag(parser, "data_root")
     config_flag(parser, "image_size")
     config_flag(parser, "workers", default=0)
+    config_flag(parser, "max_image_pixels")
     config_flag(parser, "labels", default="fine")
 
 
@@ -62,4 +104,5 @@ def dataset_from_args(args: argparse.Namespace) -> Any:
     from transferlab.data import load_dataset
 
     return load_dataset(args.dataset, data_root=args.data_root, image_size=args.image_size,
-                        labels=args.labels, workers=args.workers)
+                        labels=args.labels, workers=args.workers,
+                        max_image_pixels=args.max_image_pixels)

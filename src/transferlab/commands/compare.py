@@ -12,11 +12,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from transferlab.commands._common import config_flag
+from transferlab.commands._common import config_flag, positive_int
 from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
-SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "quiet")
+SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "exclude",
+                "quiet")
 
 
 def add_shared_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument("--from-rank", type=Path, metavar="RANK_DIR",
                         help="fine-tune the --top best backbones of a `transferlab rank` folder, "
                         "on the images they were ranked on, with the default recipe (--set changes it)")
-    parser.add_argument("--top", type=int, default=None, metavar="K",
+    parser.add_argument("--top", type=positive_int, default=None, metavar="K",
                         help="with --from-rank: how many of the best-ranked backbones (default 3)")
     parser.add_argument("--out", type=Path, required=True, help="comparison folder")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=positive_int, default=1,
                         help="runs per model with seeds seed, seed+1, ... (mean and std reported)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="train only these models")
     parser.add_argument("--no-report", action="store_true", help="skip REPORT.md and report.html")

@@ -1,4 +1,4 @@
-"""`transferlab data info|plot`: look at a dataset before training on it."""
+"""`transferlab data info|plot|audit`: look at a dataset before training on it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import argparse
 from typing import Any
 
 from transferlab.choices import AUGMENTATIONS
-from transferlab.commands._common import add_dataset_args, dataset_from_args
+from transferlab.commands._common import (
+    add_dataset_args,
+    dataset_from_args,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +31,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="augmentation preset to preview on sample images [default study]")
     plot.set_defaults(func=run_plot)
 
+    audit = actions.add_parser(
+        "audit", help="find duplicates and train/test leakage, likely wrong labels and odd images",
+        description="Audit a dataset before trusting a score: exact and near-duplicate images within "
+                    "and across splits (leakage), likely label errors (confident learning on "
+                    "out-of-sample probe predictions), outliers, blank, tiny and oddly shaped images, "
+                    "and the class balance. Writes audit.json, audit.csv (one row per finding; pass "
+                    "it to train/compare/rank --exclude) and audit.html (thumbnails). The images are "
+                    "described by a pretrained backbone: give its weights.")
+    add_dataset_args(audit)
+    audit.add_argument("--out", default="audit", metavar="DIR",
+                       help="folder for audit.json, audit.csv and audit.html [default ./audit]")
+    audit.add_argument("--model", default=None, metavar="NAME",
+                       help="pretrained backbone that describes the images [default mobilenet_v2]")
+    audit.add_argument("--weights", metavar="FILE", help="its weights file (.safetensors)")
+    audit.add_argument("--weights-dir", metavar="DIR",
+                       help="a folder holding its weights file (found by the file's metadata)")
+    audit.add_argument("--pretrained", action="store_true", help="download its weights (online)")
+    audit.add_argument("--input-size", type=positive_int, default=None, metavar="PX",
+                       help="model input size [default: the model's own, at most 3x the images' size]")
+    audit.add_argument("--device", default="auto", help="auto | cpu | cuda [default auto]")
+    audit.add_argument("--no-labels", action="store_true",
+                       help="skip the label check (the slowest part on large datasets)")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.set_defaults(func=run_audit)
+
 
 def _add_split_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=None, help="also show a stratified validation split of this share of the training set")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the remaining training images kept (the study used 0.5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split")
 
 
 def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:
@@ -82,4 +112,24 @@ def run_plot(args: argparse.Namespace) -> int:
         paths.append(plot_class_counts(ds, paths[0].with_name("class_counts_splits.png"), {**carved, **test}))
     for p in paths:
         print(p)
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from transferlab.audit import AuditOptions, run_audit, summary_lines
+
+    options = AuditOptions(args.dataset, data_root=args.data_root, image_size=args.image_size,
+                           workers=args.workers, model=args.model or AuditOptions.model,
+                           weights=args.weights, weights_dir=args.weights_dir, pretrained=args.pretrained,
+                           input_size=args.input_size, device=args.device,
+                           max_image_pixels=args.max_image_pixels,
+                           label_issues=not args.no_labels, quiet=args.quiet)
+    result, paths = run_audit(options, args.out)
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {paths['html']} (open it in a browser), {paths['csv']} and {paths['json']}")
+    flagged = sum(result.count(k) for k in ("leakage", "duplicate", "label_conflict"))
+    if flagged:
+        print(f"to train without the flagged copies: transferlab train ... --exclude {paths['csv']} "
+              "(edit the CSV first to keep any row's file)")
     return 0

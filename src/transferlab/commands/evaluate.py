@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transferlab.commands._common import non_negative_int
 from transferlab.evaluation import EVALUATION_DIR
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory to evaluate")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output folder (default RUN_DIR/{EVALUATION_DIR})")
-    parser.add_argument("--pairs", type=int, default=20, help="most-confused pairs to list (default 20)")
+    parser.add_argument("--pairs", type=non_negative_int, default=20, help="most-confused pairs to list (default 20)")
     parser.add_argument("--device", default=None,
                         help="device for predicting from best.pt (default cuda if available, else cpu)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG heatmaps")
@@ -31,8 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the files and print the headline numbers."""
     from transferlab.evaluation import evaluate_run, write_evaluation
+    from transferlab.io import check_dir_path
     from transferlab.report.tables import fmt_pct
 
+    check_dir_path(args.out or args.run_dir / EVALUATION_DIR, "--out")  # before the predictions
     result = evaluate_run(args.run_dir, device=args.device, num_pairs=args.pairs)
     out = write_evaluation(result, args.out or args.run_dir / EVALUATION_DIR,
                            title=args.run_dir.resolve().name, figures=not args.no_figures)

@@ -8,6 +8,7 @@ from pathlib import Path
 from transferlab.choices import EXPORT_FORMATS as FORMATS
 from transferlab.choices import EXPORT_NAMES as DEFAULT_NAMES
 from transferlab.choices import ONNX_LOGIT_TOLERANCE as LOGIT_TOLERANCE
+from transferlab.commands._common import positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", type=Path, default=None, metavar="PATH",
                         help="file to write (default RUN_DIR/" + ", RUN_DIR/".join(
                             DEFAULT_NAMES.values()) + " by format)")
-    parser.add_argument("--opset", type=int, default=None, metavar="N",
+    parser.add_argument("--opset", type=positive_int, default=None, metavar="N",
                         help="ONNX opset version (onnx only; default: the exporter's, 20 with torch 2.14)")
     parser.set_defaults(func=run)
     return parser

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from transferlab.choices import HEADS
+from transferlab.commands._common import positive_int
 from transferlab.errors import TransferlabError
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "names", nargs="*", metavar="NAME", help="models to describe (registry or timm:<name>)"
     )
     parser.add_argument(
-        "--num-classes", type=int, default=100, help="classes of the head (default 100)"
+        "--num-classes", type=positive_int, default=100, help="classes of the head (default 100)"
     )
     parser.add_argument(
         "--head", default="study", choices=HEADS,

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from transferlab.choices import IMAGE_SUFFIXES
+from transferlab.commands._common import config_flag, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,15 +39,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     source.add_argument(
         "--pretrained", action="store_true", help="timm's ImageNet weights (online)"
     )
-    parser.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--top", type=positive_int, default=5, help="classes to show per image (default 5)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images per forward pass (default 32)"
+        "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
     parser.add_argument(
         "--device", default=None,
         help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    config_flag(parser, "max_image_pixels")
     parser.set_defaults(func=run)
     return parser
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
     predictions = predict_images(
-        model, images, top=args.top, batch_size=args.batch_size, device=device
+        model, images, top=args.top, batch_size=args.batch_size, device=device,
+        max_pixels=args.max_image_pixels,
     )
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.commands._common import add_dataset_args
+from transferlab.commands._common import add_dataset_args, non_negative_int, positive_int
 from transferlab.errors import TransferlabError
 from transferlab.results.ranking import DEFAULT_MAX_IMAGES, RANK_FILE
 
@@ -36,20 +36,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="offline weights: the .safetensors file whose metadata fits each model")
     parser.add_argument("--pretrained", action="store_true",
                         help="download weights from the timm hub (for models not in --weights-dir)")
-    parser.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+    parser.add_argument("--max-images", type=positive_int, default=DEFAULT_MAX_IMAGES,
                         help=f"training images used, stratified; 20%% held out for the probe "
                         f"(default {DEFAULT_MAX_IMAGES}: a few minutes on a laptop CPU)")
-    parser.add_argument("--input-size", type=int, default=None, metavar="PX",
+    parser.add_argument("--input-size", type=positive_int, default=None, metavar="PX",
                         help="model input size for every candidate (default: the model's own, at most "
                         "3x the images' size and at least 96)")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified subset")
+    parser.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the stratified subset")
     parser.add_argument("--cache-dir", default=None, help="cached-feature folder")
-    parser.add_argument("--batch-size", type=int, default=256, help="extraction batch size")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="extraction batch size")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     parser.add_argument("--extract-backend", default="auto", choices=("auto", "eager", "compile"),
                         help="frozen-feature extraction (auto compiles on the CPU for large subsets)")
     parser.add_argument("--out", type=Path, default=Path("runs/rank"),
                         help="folder for rank.json, rank.csv, rank.png (default runs/rank)")
+    parser.add_argument("--exclude", metavar="FILE", default=None,
+                        help="images to leave out: an audit.csv (`transferlab data audit`) or one "
+                             "source-relative path per line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -63,14 +66,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise TransferlabError("--dataset is required, e.g. --dataset folder:../shared/data/cifar10-jpeg.tar.gz")
-    if args.input_size is not None and args.input_size < 16:
-        raise TransferlabError(f"--input-size {args.input_size}: give the model input in pixels, e.g. 96 or 224")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.models is not None and not models:
         raise TransferlabError("--models is empty; give names such as mobilenet_v2,efficientnet_lite0")
     candidates, skipped = resolve_candidates(models, args.weights_dir, args.pretrained)
-    options = RankOptions(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
+    options = RankOptions(dataset=args.dataset, exclude=args.exclude, data_root=args.data_root, image_size=args.image_size,
                           labels=args.labels, workers=args.workers, max_images=args.max_images,
+                          max_image_pixels=args.max_image_pixels,
                           input_size=args.input_size,
                           split_seed=args.split_seed, cache_dir=args.cache_dir,
                           weights_dir=args.weights_dir, batch_size=args.batch_size, device=args.device,

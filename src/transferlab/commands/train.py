@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from transferlab.commands._common import flag_type
+from transferlab.commands._common import flag_type, yaml_value
 from transferlab.config import (
     FIELD_CHOICES,
     EarlyStoppingConfig,
@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted override, e.g. stages.0.lr=1e-3 or stages.head.epochs=3 "
                         "(repeatable; values are YAML; stage fields are listed below)")
-    parser.add_argument("--model-kwargs", metavar="YAML", type=yaml.safe_load,
+    parser.add_argument("--model-kwargs", metavar="YAML", type=yaml_value,
                         help=field_help(TrainConfig)["model_kwargs"] + ", e.g. '{drop_rate: 0.2}'")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (with the recipe's stages) as YAML and exit")
@@ -85,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         if f.name in _NOT_FLAGS:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = flag_type(hints[f.name])
+        kind = flag_type(hints[f.name], f.name)
         text = f"{helps[f.name]} [default {_default_text(f.default)}]"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,

@@ -29,6 +29,7 @@ def load_dataset(
     download: bool = True,
     target_size: int | None = None,
     workers: int | None = None,
+    max_image_pixels: int | None = None,
 ) -> ImageDataset:
     """Load a dataset by its spec (see the module docstring).
 
@@ -40,6 +41,8 @@ def load_dataset(
             it, the square stored size (px), reached by the shorter side and a centre crop;
             None means 256. Runs pass round(model input size / 0.875).
         workers: for folder datasets, processes decoding a cold cache; None or 0: one per core.
+        max_image_pixels: for folder datasets, refuse images with more pixels (decompression
+            bombs); None: $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250,000,000.
         labels: "fine" or "coarse" (CIFAR-100's 20 superclasses).
         download: allow downloading official archives.
 
@@ -62,7 +65,7 @@ def load_dataset(
         if not arg:
             raise TransferlabError("folder needs a path: folder:PATH (a directory, .tar/.tar.gz or .zip)")
         return load_folder(arg, data_root, image_size=image_size, target_size=target_size,
-                           workers=workers)
+                           workers=workers, max_pixels=max_image_pixels)
     if kind == "synthetic":
         return load_synthetic(arg)
     raise TransferlabError(

@@ -20,6 +20,7 @@ import numpy as np
 from transferlab.data.cache import data_root, load_arrays, save_arrays, stable_hash
 from transferlab.data.dataset import ImageDataset, Split
 from transferlab.errors import TransferlabError
+from transferlab.io import check_dir_path
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def _fetch_archive(source: CifarSource, root: Path, download: bool) -> Path:
     )
     if not download:
         raise TransferlabError(f"{source.name} is not in {root}: {how_to}")
+    check_dir_path(root, "the data folder (data_root, else $TRANSFERLAB_DATA)")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download.", dir=root))
     try:

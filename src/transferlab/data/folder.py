@@ -37,10 +37,10 @@ from transferlab.data.cache import (
 )
 from transferlab.data.dataset import ImageDataset, Split
 from transferlab.data.decode import decode_into, read_sizes, resolve_workers
-from transferlab.data.images import SizePlan
+from transferlab.data.images import SizePlan, max_image_pixels
 from transferlab.data.layout import Layout, find_layout
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_dir, atomic_write_text
+from transferlab.io import atomic_write_dir, atomic_write_text, check_dir_path
 
 DEFAULT_TARGET_SIZE = 256  # px: torchvision's Resize(256) before a 224 crop
 
@@ -88,11 +88,12 @@ def _check_disk(where: Path, layout: Layout, plan: SizePlan) -> None:
         )
 
 
-def _decode(source: Path, layout: Layout, plan: SizePlan, workers: int, tmp: Path) -> None:
+def _decode(source: Path, layout: Layout, plan: SizePlan, workers: int, max_pixels: int,
+            tmp: Path) -> None:
     """Write every split's images, labels and meta.json (last) into the directory `tmp`."""
     for split, files in layout.files.items():
         decode_into(tmp / f"{split}_images.npy", [str(source / f) for f in files], files, plan,
-                    workers, desc=f"decoding {split}")
+                    workers, desc=f"decoding {split}", max_pixels=max_pixels)
         np.save(tmp / f"{split}_labels.npy", layout.labels[split], allow_pickle=False)
     meta = {"format": CACHE_FORMAT, "classes": layout.classes, "sources": layout.sources,
             "files": layout.files, "center_cropped": plan.resize}
@@ -107,6 +108,7 @@ def load_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     workers: int | None = None,
+    max_pixels: int | None = None,
 ) -> ImageDataset:
     """Load an image-folder dataset from a directory or an archive, decoding once.
 
@@ -120,6 +122,8 @@ def load_folder(
             only class folders.
         seed: seed of that carve.
         workers: decoding processes; None or 0 means one per usable core.
+        max_pixels: refuse images whose header claims more pixels (decompression bombs);
+            None means $TRANSFERLAB_MAX_IMAGE_PIXELS, else `images.DEFAULT_MAX_IMAGE_PIXELS`.
 
     Returns:
         The dataset with "train", "test" and, when the folder has both val/ and test/, "val";
@@ -135,6 +139,7 @@ def load_folder(
         if value is not None and value < 1:
             raise TransferlabError(f"{flag} must be a positive number of pixels, got {value}")
     target = target_size or DEFAULT_TARGET_SIZE
+    pixel_limit = max_image_pixels(max_pixels)
     name = strip_suffix(src.name)
     decoded = data_root(root) / "decoded"
     source_key = stable_hash({"kind": "folder", "files": _source_listing(src),
@@ -162,6 +167,7 @@ def load_folder(
     found = try_load()
     if found is not None:
         return found
+    check_dir_path(decoded, "the decoded-image cache (under data_root, else $TRANSFERLAB_DATA)")
     decoded.mkdir(parents=True, exist_ok=True)
     # One decode per source at a time; whoever waited finds the finished cache.
     with FileLock(str(decoded / f".{stem}.lock")):
@@ -179,7 +185,8 @@ def load_folder(
             known, shared = known_shared()
             if not known and image_size is None:  # an explicit size needs no header scan
                 files = [f for split in layout.files.values() for f in split]
-                sizes = set(read_sizes([str(tree / f) for f in files], files, n_workers))
+                sizes = set(read_sizes([str(tree / f) for f in files], files, n_workers,
+                                       pixel_limit))
                 shared = list(sizes.pop()) if len(sizes) == 1 else None
                 atomic_write_text(sizes_record, json.dumps({"shared": shared}))
             plan_id = _plan_id(image_size, target, shared)
@@ -187,7 +194,8 @@ def load_folder(
             if not is_complete(cache_dir):
                 plan = _size_plan(plan_id, shared)
                 _check_disk(decoded, layout, plan)
-                atomic_write_dir(cache_dir, lambda tmp: _decode(tree, layout, plan, n_workers, tmp),
+                atomic_write_dir(cache_dir, lambda tmp: _decode(tree, layout, plan, n_workers, pixel_limit,
+                                                                 tmp),
                                  is_valid=is_complete)
         finally:
             if extracted is not None:

@@ -26,6 +26,8 @@ from transferlab.errors import TransferlabError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif",
                     ".tiff", ".webp")
+# A class-folders-only source gives every class at least one training and one test image.
+MIN_IMAGES_PER_CLASS = 2
 # Folder names (lower case) recognised for each split.
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
                "test": ("test", "testing")}
@@ -105,6 +107,20 @@ def _check_classes(classes: list[str], where: str) -> None:
         )
 
 
+def _check_counts(classes: dict[str, list[str]], where: str) -> None:
+    """Every class of a class-folders-only source needs MIN_IMAGES_PER_CLASS images for the carve."""
+    few = {name: len(files) for name, files in sorted(classes.items())
+           if len(files) < MIN_IMAGES_PER_CLASS}
+    if few:
+        named = ", ".join(f"{name}/ ({n} image{'s' if n != 1 else ''})" for name, n in few.items())
+        raise TransferlabError(
+            f"class folder(s) {named} in {where} have fewer than {MIN_IMAGES_PER_CLASS} images. "
+            f"With class folders only, every class needs at least {MIN_IMAGES_PER_CLASS}: one to "
+            "train on and one for the test split carved from it. Add images to those folders, "
+            "remove them, or lay the source out as train/ + test/."
+        )
+
+
 def carve(counts: dict[str, list[str]], fraction: float, seed: int) -> tuple[dict, dict]:
     """Split every class's files: `fraction` of each (at least one where a class has two) to test.
 
@@ -172,6 +188,7 @@ def find_layout(source: Path, test_fraction: float = 0.2, seed: int = 0) -> Layo
     else:
         everything = _class_files(root, source)
         _check_classes(sorted(everything), f"{source}/{prefix}")
+        _check_counts(everything, f"{source}/{prefix}")
         per_split["train"], per_split["test"] = carve(everything, test_fraction, seed)
         pct = round(100 * test_fraction)
         where = f"class folders in {prefix}" if prefix else "class folders"
@@ -179,6 +196,12 @@ def find_layout(source: Path, test_fraction: float = 0.2, seed: int = 0) -> Layo
         sources["test"] = f"{where} ({pct}%, stratified, seed {seed})"
     classes = sorted(per_split["train"])
     for split, found in per_split.items():
+        if not found:
+            raise TransferlabError(
+                f"{sources[split]} has no class folders, so the {split} split would be empty. Put "
+                f"its images in {sources[split].split(' ')[0]}<class>/ folders named as in "
+                f"{sources['train']}, or remove the empty folder."
+            )
         extra = sorted(set(found) - set(classes))
         if extra:
             raise TransferlabError(

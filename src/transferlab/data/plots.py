@@ -18,7 +18,7 @@ import torch
 
 from transferlab.data.dataset import ImageDataset
 from transferlab.data.preprocess import PreprocessConfig, batch_transform
-from transferlab.io import atomic_write
+from transferlab.io import atomic_write, check_dir_path
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -119,7 +119,7 @@ def plot_augmentations(ds: ImageDataset, path: Path, augment: str = "study", n: 
 
 def plot_dataset(ds: ImageDataset, out_dir: str | os.PathLike[str], augment: str = "study") -> list[Path]:
     """Write all exploration figures into `out_dir`; returns their paths."""
-    out = Path(out_dir)
+    out = check_dir_path(out_dir, "figure folder")
     return [
         plot_class_counts(ds, out / "class_counts.png"),
         plot_samples(ds, out / "samples.png"),

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferlab.data.images import SizePlan, decode, fit, to_rgb
+from transferlab.data.images import SizePlan, decode, fit, max_image_pixels, to_rgb
 from transferlab.errors import TransferlabError
 
 if TYPE_CHECKING:  # torch is imported where a batch is made: `import transferlab.data` stays light
@@ -153,6 +153,8 @@ class Preprocess:
 
     Args:
         cfg: the preprocessing a model or an exported file records (`pretrained_cfg`).
+        max_pixels: refuse files whose header claims more pixels (a decompression bomb; see
+            `data.images.open_image`); None: $TRANSFERLAB_MAX_IMAGE_PIXELS, else the default.
 
     Attributes:
         cfg: that preprocessing.
@@ -160,8 +162,9 @@ class Preprocess:
         transform: step 2 (`batch_transform`), on the CPU.
     """
 
-    def __init__(self, cfg: PreprocessConfig) -> None:
+    def __init__(self, cfg: PreprocessConfig, max_pixels: int | None = None) -> None:
         self.cfg = cfg
+        self.max_pixels = max_image_pixels(max_pixels)
         self.plan = decode_plan(cfg)
         self.transform = batch_transform(cfg)
 
@@ -173,13 +176,14 @@ class Preprocess:
         decoded, so without the decoder's reduced-scale JPEG decoding) gets the same rule.
 
         Raises:
-            TransferlabError: a missing or unreadable file, or an array that is not uint8 RGB.
+            TransferlabError: a missing or unreadable file, one above the pixel limit, or an
+                array that is not uint8 RGB.
         """
         if isinstance(image, (str, Path)):
             path = Path(image)
             if not path.is_file():
                 raise TransferlabError(f"image {path} not found; check the path")
-            return decode(path, str(path), self.plan)
+            return decode(path, str(path), self.plan, self.max_pixels)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
                 raise TransferlabError(

@@ -19,6 +19,7 @@ from transferlab.export.contract import export_metadata
 from transferlab.export.onnx_file import LOGIT_TOLERANCE, OnnxClassifier, write_onnx
 from transferlab.export.safetensors_file import SafetensorsLayout, write_safetensors
 from transferlab.export.torchscript_file import write_torchscript
+from transferlab.io import check_file_path
 from transferlab.models import TransferModel, load_checkpoint_model
 
 FORMATS = EXPORT_FORMATS
@@ -85,7 +86,9 @@ def export_run(
     source = checkpoint_path(run)
     path = Path(out).expanduser() if out is not None else source.parent / DEFAULT_NAMES[fmt]
     if path.is_dir():
-        raise TransferlabError(f"--out {path} is a folder; give a file name, e.g. {path / DEFAULT_NAMES[fmt]}")
+        raise TransferlabError(f"the export path {path} is a folder; give a file name, e.g. "
+                               f"{path / DEFAULT_NAMES[fmt]}")
+    check_file_path(path, "the export path")
     model = load_checkpoint_model(source).eval()
     if fmt == "safetensors":
         layout = write_safetensors(model, path, str(source))

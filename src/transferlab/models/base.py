@@ -95,6 +95,9 @@ class TransferModel(nn.Module):
         self.head_pretrained = (
             False  # True once trained or loaded classifier weights are in the head
         )
+        # Divides the logits before a softmax that reports confidence (temperature scaling,
+        # fitted by a run on its validation split); never changes the predicted class.
+        self.temperature: float = 1.0
 
     def feature_stages(self) -> list[tuple[str, nn.Module]]:
         """The backbone as an ordered list of (name, module); composing them is `forward_features`."""

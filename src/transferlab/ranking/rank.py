@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
@@ -56,6 +56,7 @@ class RankOptions:
     image_size: int | None = None  # decode size of folder datasets (px)
     labels: str = "fine"  # fine | coarse (CIFAR-100)
     workers: int | None = None  # processes decoding a folder on a cold cache (None = one per core)
+    max_image_pixels: int | None = None  # refuse larger images (None = $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250M)
     max_images: int = DEFAULT_MAX_IMAGES  # images of the training split used (stratified)
     input_size: int | None = None  # model input size (px); None = auto_input_size
     split_seed: int = 0  # seed of the stratified subset (as TrainConfig.split_seed)
@@ -65,6 +66,7 @@ class RankOptions:
     batch_size: int = 256  # extraction batch (images)
     device: str = "auto"  # auto | cpu | cuda | ...
     extract_backend: str = "auto"  # auto | eager | compile
+    exclude: str | None = None  # file of images to leave out (audit.csv or one path per line)
     quiet: bool = False  # no progress bars
 
 
@@ -130,7 +132,10 @@ def _build(candidate: Candidate, num_classes: int, options: RankOptions, native:
             size = auto_input_size(read_weights(candidate.weights).preprocess(probe.pretrained_cfg).input_size,
                                    native)
     else:
+        from transferlab.models.input_size import check_input_size
+
         size = options.input_size
+        check_input_size(candidate.model, size)  # the candidate is skipped, naming its minimum
     model = create_model(candidate.model, num_classes=num_classes, pretrained=candidate.weights is None,
                          weights=candidate.weights, head=head, input_size=size)
     model.to(device).to(memory_format=torch.channels_last).eval()
@@ -254,6 +259,8 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
     from transferlab.data import load_dataset, make_splits
     from transferlab.training.device import library_versions, select_device
 
+    if out_dir is not None:
+        check_dir_path(out_dir, "ranking folder")
     skipped = list(skipped)
     for s in skipped:
         log(f"skipped {s.model}: {s.reason}")
@@ -266,11 +273,21 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
     # (training.prepare.stored_size), so a given --input-size keys the same cached features.
     target = round(options.input_size / 0.875) if options.input_size else None
     dataset = load_dataset(options.dataset, data_root=options.data_root, image_size=options.image_size,
-                           labels=options.labels, workers=options.workers, target_size=target)
-    labels = dataset["train"].labels
+                           labels=options.labels, workers=options.workers, target_size=target,
+                           max_image_pixels=options.max_image_pixels)
+    kept = np.arange(len(dataset["train"]))
+    if options.exclude:
+        from transferlab.data.exclude import kept_rows, read_exclude
+
+        rows, dropped = kept_rows(dataset.files, read_exclude(options.exclude), source=options.dataset)
+        kept = rows["train"]
+        log(f"{len(dropped.get('train', [])):,} training image(s) left out, as listed in {options.exclude}")
+    labels = dataset["train"].labels[kept]
     val_fraction, train_fraction = subset_fractions(len(labels), options.max_images)
     split = make_splits(labels, val_fraction=val_fraction, train_fraction=train_fraction,
                         seed=options.split_seed)
+    # Rows of the whole training split, as training's splits.npz holds them (same cache keys).
+    split = dataclasses.replace(split, train=kept[split.train], val=kept[split.val])
     if len(split.val) < len(dataset.classes):
         raise TransferlabError(f"--max-images {options.max_images} leaves {len(split.val)} held-out images "
                                f"for {len(dataset.classes)} classes; raise --max-images")
@@ -304,6 +321,7 @@ def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: 
         "weights_dir": str(Path(options.weights_dir).resolve()) if options.weights_dir else None,
         "num_classes": len(dataset.classes),
         "max_images": options.max_images,
+        "exclude": str(Path(options.exclude).resolve()) if options.exclude else None,
         "images_train": int(len(split.train)),
         "images_val": int(len(split.val)),
         "val_fraction": val_fraction,

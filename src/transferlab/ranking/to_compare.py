@@ -38,7 +38,7 @@ def compare_dict_from_rank(payload: dict[str, Any], top: int) -> dict[str, Any]:
     shared: dict[str, Any] = {"dataset": payload["dataset"], "val_fraction": payload["val_fraction"],
                               "train_fraction": payload["train_fraction"],
                               "split_seed": payload["split_seed"], "labels": payload.get("labels", "fine")}
-    for key in ("data_root", "image_size", "cache_dir"):
+    for key in ("data_root", "image_size", "cache_dir", "exclude"):  # the same images as ranked
         if payload.get(key) is not None:
             shared[key] = payload[key]
     models = []

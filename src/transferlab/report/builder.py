@@ -14,7 +14,7 @@ import yaml
 
 from transferlab.errors import TransferlabError
 from transferlab.evaluation import evaluate_run
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 from transferlab.report import figures
 from transferlab.report.document import (
     Bullets,
@@ -83,22 +83,30 @@ def _comparison_section(doc: Document, records: list[dict[str, Any]], fig_dir: P
     )
     devices = sorted({str(r.get("device")) for r in records if r.get("device")})
     datasets = sorted({str(r.get("dataset")) for r in records if r.get("dataset")})
+    # The study's numbers belong beside runs of its models on its kind of data (CIFAR), never
+    # beside a user's own photos (results.reference.is_study_data decided that per record).
+    on_study_data = any(r.get("study_2018_test_acc1") is not None for r in records)
+    where = (f"This comparison ran on {', '.join(devices) or 'an unrecorded device'} with "
+             f"{', '.join(datasets) or 'an unrecorded dataset'}")
     doc.add(Paragraph(
-        f"This comparison ran on {', '.join(devices) or 'an unrecorded device'} with "
-        f"{', '.join(datasets) or 'an unrecorded dataset'}; the 2018 columns come from "
-        f"{STUDY_2018_SOURCE}. Different data, input sizes and hardware make the 2018 columns a "
-        "reference point, not a like-for-like comparison."
+        f"{where}; the 2018 columns come from {STUDY_2018_SOURCE}. Different data, input sizes "
+        "and hardware make the 2018 columns a reference point, not a like-for-like comparison."
+        if on_study_data else
+        f"{where}. The 2018 study's columns are left empty: its numbers are for CIFAR-100, and "
+        "these runs are on other data."
     ))
     points = [figures.TimePoint(r["label"], float(r["epoch_time_s"]), float(r["test_acc1"]))
               for r in records if r.get("epoch_time_s") and r.get("test_acc1") is not None]
-    points += [figures.TimePoint(ref.label.split(",")[0].split(" (")[0], ref.epoch_time_s, ref.test_acc1,
-                                 group="2018 study (K80, CIFAR-100)")
-               for ref in STUDY_2018 if ref.epoch_time_s]
+    if on_study_data:
+        points += [figures.TimePoint(ref.label.split(",")[0].split(" (")[0], ref.epoch_time_s,
+                                     ref.test_acc1, group="2018 study (K80, CIFAR-100)")
+                   for ref in STUDY_2018 if ref.epoch_time_s]
     if points:
         path = figures.plot_accuracy_vs_time(points, fig_dir / "accuracy_vs_time.png",
                                              title="Test accuracy against training time per epoch")
-        doc.add(Figure(path, "Test top-1 accuracy against mean training time per epoch; "
-                             "the 2018 study's models for orientation (other hardware and data)."))
+        doc.add(Figure(path, "Test top-1 accuracy against mean training time per epoch"
+                       + ("; the 2018 study's models for orientation (other hardware and data)."
+                          if on_study_data else ".")))
 
 
 def _reference_section(doc: Document) -> None:
@@ -334,7 +342,7 @@ def write_report(
     data_figures: bool = True,
 ) -> ReportPaths:
     """Write `REPORT.md`, `report.html` and `figures/` into `out_dir` (see `build_document`)."""
-    out_dir = Path(out_dir)
+    out_dir = check_dir_path(out_dir, "report folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = build_document(run_dirs, out_dir, title, description, labels, data_figures)
     markdown, html = out_dir / "REPORT.md", out_dir / "report.html"

@@ -9,18 +9,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from transferlab.results.reference import study_2018_for
+from transferlab.results.reference import is_study_data, study_2018_for
 from transferlab.results.runs import GroupSummary
 
 
 def comparison_records(
     groups: Sequence[GroupSummary], labels: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """One JSON-ready record per model, with the 2018 study's matching numbers when it had any."""
+    """One JSON-ready record per model, with the 2018 study's matching numbers when it had any.
+
+    Only runs on the study's kind of data (CIFAR, `reference.is_study_data`) get them.
+    """
     records = []
     for g in groups:
         s = g.first
-        ref = study_2018_for(str(s.get("model", "")), bool(s.get("pretrained", False)))
+        ref = (study_2018_for(str(s.get("model", "")), bool(s.get("pretrained", False)))
+               if is_study_data(s.get("dataset"), s.get("classes")) else None)
         record: dict[str, Any] = {
             "name": g.name,
             "label": (labels or {}).get(g.name, g.name),

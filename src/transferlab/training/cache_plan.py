@@ -142,6 +142,10 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
         else:
             home = run.device if run.device.type == "cuda" else torch.device("cpu")
             out[split] = torch.from_numpy(array).to(home)
+    if run.ctx.is_main and stage.train == "head":
+        from transferlab.training.leakage import check_near
+
+        check_near(run, out)  # pooled features describe whole images: near copies across splits
     if info["extracted_images"]:
         info["extract_images_per_s"] = info["extracted_images"] / max(info["extract_time_s"], 1e-9)
     info["features"] = out

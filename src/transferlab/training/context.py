@@ -24,7 +24,7 @@ class RunContext:
     """State of one run (a class only to share it between the steps of `train_run`).
 
     Filled in step by step: `rundir.prepare_dir` sets `run_dir`; `prepare.load_data` sets
-    `dataset`, `splits`, `data`, `indices` and `split_sources`; `prepare.build_model` sets `model`, `input_size`,
+    `dataset`, `splits`, `data`, `indices`, `excluded` and `split_sources`; `prepare.build_model` sets `model`, `input_size`,
     `transforms` and `eval_transform`.
     """
 
@@ -36,6 +36,7 @@ class RunContext:
     data: dict[str, tuple[Any, torch.Tensor]]
     indices: dict[str, np.ndarray]  # split -> indices into the dataset's split (cache keys)
     split_sources: dict[str, str]  # split -> where its images came from, in words
+    excluded: dict[str, list[str]]  # split -> source paths left out by the config's `exclude` file
     model: nn.Module
     input_size: tuple[int, ...]  # (H, W) the run trains at
     transforms: dict[str, nn.Module]  # augmentation name -> training BatchTransform
@@ -51,6 +52,8 @@ class RunContext:
         self.interrupt = InterruptFlag()
         self.writer = None
         self.stage_features: tuple[str, nn.Module, Any] | None = None  # last stage's cached features
+        self.excluded: dict[str, list[str]] = {}
+        self.leakage: dict[str, Any] | None = None  # copies across splits (training.leakage)
 
     def log(self, message: str) -> None:
         """Print on rank 0 only."""

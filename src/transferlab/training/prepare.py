@@ -19,7 +19,13 @@ def load_data(run: RunContext) -> None:
 
     c = run.config
     run.dataset = load_dataset(c.dataset, data_root=c.data_root, image_size=c.image_size,
-                               labels=c.labels, workers=c.workers, target_size=stored_size(c))
+                               labels=c.labels, workers=c.workers, target_size=stored_size(c),
+                               max_image_pixels=c.max_image_pixels)
+    # Rows of each split the run uses: all, less the files `exclude` lists (the source is untouched).
+    kept, run.excluded = excluded_rows(run)
+    if len(kept["test"]) == 0:
+        raise TransferlabError(f"dataset {c.dataset} has no test images (after exclude), so the run "
+                               "could not be evaluated; give it a test split (e.g. synthetic:test=50)")
     # A folder's own val/ (beside train/ and test/) is the validation set; otherwise it is carved.
     own_val = "val" in run.dataset.splits
     split_path = run.run_dir / "splits.npz"
@@ -27,18 +33,23 @@ def load_data(run: RunContext) -> None:
         run.splits = SplitIndices.load(split_path)
     else:
         train_split = run.dataset["train"]
-        run.splits = make_splits(train_split.labels, val_fraction=0.0 if own_val else c.val_fraction,
+        run.splits = make_splits(train_split.labels[kept["train"]],
+                                 val_fraction=0.0 if own_val else c.val_fraction,
                                  train_fraction=c.train_fraction, seed=c.split_seed)
+        # Back to rows of the whole split, so splits.npz, split_files.json and the feature-cache
+        # keys all speak of the dataset's own rows.
+        run.splits = dataclasses.replace(run.splits, train=kept["train"][run.splits.train],
+                                         val=kept["train"][run.splits.val])
     if len(run.splits.train) == 0:
         raise TransferlabError("the training split is empty; raise train_fraction or lower val_fraction")
     train, test = run.dataset["train"], run.dataset["test"]
-    labels = {"train": train.labels[run.splits.train], "test": test.labels}
-    rows = {"train": train.rows(run.splits.train), "test": test.rows()}
-    run.indices = {"train": run.splits.train, "test": np.arange(len(test.labels))}
+    labels = {"train": train.labels[run.splits.train], "test": test.labels[kept["test"]]}
+    rows = {"train": train.rows(run.splits.train), "test": test.rows(kept["test"])}
+    run.indices = {"train": run.splits.train, "test": kept["test"]}
     if own_val:
         val = run.dataset["val"]
-        labels["val"], rows["val"] = val.labels, val.rows()
-        run.indices["val"] = np.arange(len(val.labels))
+        labels["val"], rows["val"] = val.labels[kept["val"]], val.rows(kept["val"])
+        run.indices["val"] = kept["val"]
     elif len(run.splits.val):
         labels["val"] = train.labels[run.splits.val]
         rows["val"] = train.rows(run.splits.val)
@@ -56,6 +67,23 @@ def load_data(run: RunContext) -> None:
     for split in ("train", "val", "test"):
         if split in run.data:
             run.log(f"{split}: {len(run.data[split][1]):,} images from {run.split_sources[split]}")
+
+
+def excluded_rows(run: RunContext) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """(rows kept per split, excluded source paths per split) under the config's `exclude` file."""
+    from transferlab.data.exclude import kept_rows, read_exclude
+
+    c = run.config
+    splits = run.dataset.splits
+    if not c.exclude:
+        return {s: np.arange(len(v)) for s, v in splits.items()}, {}
+    kept, dropped = kept_rows(run.dataset.files, read_exclude(c.exclude), source=c.dataset)
+    for split, lost in dropped.items():
+        run.log(f"{split}: {len(lost):,} image(s) left out, as listed in {c.exclude}")
+    for split, rows in kept.items():
+        if len(rows) == 0:
+            raise TransferlabError(f"the exclude list {c.exclude} leaves no image in the {split} split")
+    return kept, dropped
 
 
 def stored_size(config: TrainConfig) -> int:
@@ -109,9 +137,10 @@ def split_files(run: RunContext) -> dict[str, list[str]] | None:
     files = getattr(run.dataset, "files", None)
     if not files:
         return None
-    out = {"train": [files["train"][i] for i in run.splits.train], "test": list(files["test"])}
+    out = {"train": [files["train"][i] for i in run.splits.train],
+           "test": [files["test"][i] for i in run.indices["test"]]}
     if "val" in run.dataset.splits:
-        out["val"] = list(files["val"])
+        out["val"] = [files["val"][i] for i in run.indices["val"]]
     elif len(run.splits.val):
         out["val"] = [files["train"][i] for i in run.splits.val]
     return out

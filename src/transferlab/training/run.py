@@ -34,6 +34,7 @@ from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import select_device, select_precision
 from transferlab.training.engine import StageProgress
 from transferlab.training.interrupt import InterruptFlag
+from transferlab.training.leakage import check_exact
 from transferlab.training.prepare import build_model, load_data, split_files
 from transferlab.training.run_state import RunState, restore
 from transferlab.training.rundir import (
@@ -117,10 +118,14 @@ def _train(run: RunContext) -> Path:
 
     run.log(describe(c))
     if run.ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        check_exact(run)  # copies of training images in val/test: warned about, never fatal
         save_config(c, run_dir / "config.yaml")
         run.splits.save(run_dir / "splits.npz")
         files = split_files(run)
         if files is not None:
+            if run.excluded:  # what `exclude` left out, beside what each split holds
+                files = {**files, "excluded": run.excluded}
             atomic_write_text(run_dir / "split_files.json", json.dumps(files, indent=0) + "\n")
         write_metrics(run, state.rows)
         from torch.utils.tensorboard import SummaryWriter

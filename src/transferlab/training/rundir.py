@@ -20,7 +20,7 @@ import torch
 
 from transferlab.config import TrainConfig, config_from_dict, config_to_dict
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_text
+from transferlab.io import atomic_write_text, check_dir_path
 from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 
@@ -31,7 +31,7 @@ METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val
 # Fields that may differ between the interrupted and the resumed session (they change nothing
 # in the results).
 RUNTIME_FIELDS = {"quiet", "device", "extract_backend", "checkpoint_every", "out_dir", "run_name",
-                  "cache_dir", "workers"}
+                  "cache_dir", "workers", "max_image_pixels"}
 
 
 def is_finished(run_dir: str | os.PathLike[str]) -> bool:
@@ -40,7 +40,7 @@ def is_finished(run_dir: str | os.PathLike[str]) -> bool:
 
 
 def prepare_dir(run: RunContext) -> Path:
-    """Name the run and check its directory is free (or resumable); create it on rank 0."""
+    """Name the run and check its directory is free (or resumable) and can be created."""
     c = run.config
     if not c.run_name:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -56,8 +56,11 @@ def prepare_dir(run: RunContext) -> Path:
     elif (run_dir / "last.pt").exists() or (run_dir / "config.yaml").exists():
         raise TransferlabError(f"{run_dir} holds an unfinished run; continue it with "
                                f"`transferlab train --resume {run_dir}` or choose another --run-name")
-    if run.ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # Checked now, created only when its first file is written (after the data and the model
+    # loaded): a run that fails before it starts leaves no empty folder behind.
+    check_dir_path(run_dir, "the run directory (out_dir / run_name)")
+    if c.cache_dir:
+        check_dir_path(c.cache_dir, "cache_dir")
     run.run_dir = run_dir
     return run_dir
 

@@ -15,6 +15,7 @@ from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 from transferlab.training.device import library_versions
 from transferlab.training.engine import evaluate
+from transferlab.training.leakage import summary_record as leakage_record
 from transferlab.training.run_state import RunState
 from transferlab.training.rundir import SUMMARY, dumps
 from transferlab.training.stage_loop import mean
@@ -30,9 +31,15 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
     best_path = run.run_dir / "best.pt"
     dist_utils.barrier(run.ctx)
     result = None
+    calibration = None
     if best_path.is_file():
-        run.model.load_state_dict(ckpt.load_checkpoint(best_path)["state_dict"])
+        best = ckpt.load_checkpoint(best_path)
+        run.model.load_state_dict(best["state_dict"])
         result = _test_pass(run)
+        calibration = _calibrate(run, result)
+        if run.ctx.is_main and calibration is not None:
+            # The temperature travels with the weights: predict, evaluate and export apply it.
+            ckpt.save_checkpoint({**best, "temperature": calibration["temperature"]}, best_path)
     total, trainable = count_parameters(run.model)
     rows = state.rows
     train_seconds = sum(r["epoch_time_s"] for r in rows)
@@ -45,6 +52,9 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         "recipe": c.recipe,
         "split_sources": run.split_sources,
         "split_sizes": {split: len(labels) for split, (_, labels) in run.data.items()},
+        "leakage": leakage_record(run),
+        "excluded": {"file": c.exclude, "count": sum(len(v) for v in run.excluded.values()),
+                     "files": run.excluded} if c.exclude else None,
         "classes": list(run.dataset.classes),
         "test_acc1": result.acc1 if result else None,
         "test_acc5": result.acc5 if result else None,
@@ -63,6 +73,7 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         "world_size": run.ctx.world_size,
         "input_size": list(run.input_size),
         "best_val_acc1": state.best_value,
+        "calibration": calibration,
         "stopped": state.stopped,
         "stages": state.stage_info,
         "versions": library_versions(),
@@ -71,9 +82,11 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         if result is not None:
             labels = result.labels.numpy()
             logits = result.logits.numpy().astype(np.float32)
+            temperature = np.float64(calibration["temperature"] if calibration else 1.0)
             atomic_write(run.run_dir / "predictions_test.npz",
                          lambda f: np.savez(f, labels=labels, logits=logits,
-                                            classes=np.array(run.dataset.classes)))
+                                            classes=np.array(run.dataset.classes),
+                                            temperature=temperature))
         atomic_write_text(run.run_dir / SUMMARY, dumps(summary, indent=2) + "\n")
         if result is not None:
             acc5 = f" acc5 {result.acc5:.4f}" if result.acc5 is not None else ""
@@ -85,19 +98,52 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
     return run.run_dir
 
 
+def _calibrate(run: RunContext, test: Any) -> dict[str, Any] | None:
+    """Temperature scaling fitted on the validation split (Guo et al. 2017), with the test ECE
+    before and after; None without a validation split or a test pass.
+
+    The temperature divides the logits before the softmax: it changes how sure the model says it
+    is, never which class it answers.
+    """
+    from transferlab.metrics import expected_calibration_error, fit_temperature, softmax
+
+    if test is None or "val" not in run.data:
+        return None
+    val = _split_pass(run, "val")
+    t = fit_temperature(val.logits.numpy(), val.labels.numpy())
+    labels, logits = test.labels.numpy(), test.logits.numpy()
+    record = {
+        "temperature": t,
+        "fitted_on": f"val ({len(val.labels):,} images)",
+        "val_ece": expected_calibration_error(softmax(val.logits.numpy()), val.labels.numpy()),
+        "val_ece_calibrated": expected_calibration_error(softmax(val.logits.numpy(), t),
+                                                         val.labels.numpy()),
+        "test_ece": expected_calibration_error(softmax(logits), labels),
+        "test_ece_calibrated": expected_calibration_error(softmax(logits, t), labels),
+    }
+    run.log(f"calibration: temperature {t:.3f} fitted on the validation split; test expected "
+            f"calibration error {record['test_ece']:.3f} -> {record['test_ece_calibrated']:.3f}")
+    return record
+
+
 def _test_pass(run: RunContext) -> Any:
     """Evaluate the loaded best weights on the whole test set (every rank, logits in order)."""
+    return _split_pass(run, "test")
+
+
+def _split_pass(run: RunContext, split: str) -> Any:
+    """Evaluate the loaded best weights on a whole split (every rank, logits in order)."""
     c = run.config
     cached = run.stage_features
     if cached is not None and all(s.train == cached[0] for s in c.stages):
-        # The frozen part never changed during the run, so its cached test features still apply.
+        # The frozen part never changed during the run, so its cached features still apply.
         _, module, batches = cached
-        test = batches("test", c.eval_batch(), False)
+        data = batches(split, c.eval_batch(), False)
     else:
         module = run.model
-        test = run.image_batches("test", c.eval_batch())
-    test.dist = dist_utils.DistContext()  # the test pass runs whole on every rank: logits in order
-    return evaluate(module, test, precision=run.precision, keep_logits=True, desc="test",
+        data = run.image_batches(split, c.eval_batch())
+    data.dist = dist_utils.DistContext()  # the pass runs whole on every rank: logits in order
+    return evaluate(module, data, precision=run.precision, keep_logits=True, desc=split,
                     quiet=c.quiet or not run.ctx.is_main)
 
 
