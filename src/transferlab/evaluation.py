@@ -280,14 +280,15 @@ def predict_from_checkpoint(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Rebuild the best model of a run from `best.pt` and predict the dataset's test split.
 
-    The dataset and input size come from the run's `config.yaml` and the normalisation from the
-    model's `pretrained_cfg`, as in training, so the predictions match those the run made.
+    The dataset comes from the run's `config.yaml` and the preprocessing (input size, resize,
+    normalisation) from the model's `pretrained_cfg` through `data.preprocess.batch_transform`,
+    as in training, so the predictions match those the run made.
     """
     import torch
     import yaml
 
     from transferlab.data import load_dataset
-    from transferlab.data.transforms import BatchTransform
+    from transferlab.data.preprocess import batch_transform
     from transferlab.models import load_checkpoint_model
     from transferlab.training.prepare import run_stored_size
 
@@ -310,15 +311,8 @@ def predict_from_checkpoint(
         labels=config.get("labels") or "fine",
         target_size=run_stored_size(config),
     )
-    pre = model.pretrained_cfg
-    size = config.get("input_size")
-    input_size = (size, size) if size else tuple(
-        getattr(model, "default_input_size", None) or pre.input_size
-    )
-    transform = BatchTransform(
-        input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-        augment="none", native_size=dataset.image_size,
-    ).to(dev).eval()
+    # The run's own test-pass transform, from the preprocessing best.pt records.
+    transform = batch_transform(model.pretrained_cfg, native_size=dataset.image_size).to(dev).eval()
     test = dataset["test"]
     chunks = []
     with torch.inference_mode():

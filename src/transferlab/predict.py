@@ -1,12 +1,12 @@
 """Top-k predictions on image files, with each model's own preprocessing and class names.
 
-Images are prepared exactly as the weights expect, from the model's `pretrained_cfg`: for
-ImageNet-style weights timm's evaluation transform (resize to input_size / crop_pct, centre
-crop, normalise with the weights' mean and std); for a transferlab run's `best.pt`
-(``crop_mode="squash"``) the run's own evaluation transform (`BatchTransform`: the whole image
-resized to the run's input size, then normalised), so a file gives the predictions it gave
-where it came from. An exported `.onnx` file (`transferlab export`) is run with ONNX Runtime,
-with the same resize, from the preprocessing and class names in its metadata.
+Images are prepared by the one preprocessing path (`data.preprocess.Preprocess`) from the
+model's `pretrained_cfg`: for a transferlab run's `best.pt` the run's own test pass (the file
+decoded to the stored size by the dataset's decoder, then the batch resize and normalisation),
+so a file of the run's test split gives the logits it gave there; for ImageNet-style weights
+timm's evaluation rule (shorter side to input_size / crop_pct, centre crop, normalise). An
+exported `.onnx` file (`transferlab export`) is run with ONNX Runtime on the same resized
+pixels, from the preprocessing and class names in its metadata.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import ImageNetInfo, create_transform
+from timm.data import ImageNetInfo
 
 from transferlab.choices import IMAGE_SUFFIXES
 from transferlab.data.images import max_image_pixels
+from transferlab.data.preprocess import Preprocess
 from transferlab.errors import TransferlabError
 from transferlab.export import ExportedClassifier, OnnxClassifier, TorchScriptClassifier
 from transferlab.models import (
@@ -63,34 +64,20 @@ class Prediction:
 
 
 def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised (3, H, W) tensor, as the model's weights expect."""
-    if cfg.crop_mode == "squash":
-        from transferlab.data.transforms import BatchTransform
+    """PIL image -> normalised (3, H, W) tensor, as the run's (or the weights') test pass prepares it.
 
-        # The transform training and evaluation used (torch resize with antialias), not PIL's
-        # resize, so predictions equal the run's own on the same pixels.
-        batch = BatchTransform(cfg.input_size, mean=cfg.mean, std=cfg.std,
-                               interpolation=cfg.interpolation, augment="none").eval()
-
-        def transform(image: Image.Image) -> torch.Tensor:
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-            return batch(pixels[None])[0]
-
-        return transform
-    return create_transform(
-        input_size=(3, *cfg.input_size),
-        is_training=False,
-        interpolation=cfg.interpolation,
-        mean=cfg.mean,
-        std=cfg.std,
-        crop_pct=cfg.crop_pct,
-        crop_mode=cfg.crop_mode,
-    )
+    Both steps of `data.preprocess.Preprocess`: the stored-size rule, then the batch resize and
+    normalisation. A file path given to `Preprocess` directly is decoded exactly as the run's
+    dataset decoded it (this takes an image already decoded).
+    """
+    prepare = Preprocess(cfg)
+    return lambda image: prepare([image])[0]
 
 
 def pixel_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (3, H, W) float in [0, 1], resized as `eval_transform` resizes, not normalised."""
-    return eval_transform(dataclasses.replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    prepare = Preprocess(cfg)
+    return lambda image: prepare.resized([image])[0].permute(2, 0, 1).float().div(255.0)
 
 
 def expand_images(paths: Sequence[str | Path]) -> list[str]:
@@ -179,21 +166,20 @@ def predict_images(
     top = min(top, model.num_classes)
     names = class_names(model)
     onnx = isinstance(model, ExportedClassifier)
-    if onnx:
-        # The exported graph normalises; it takes float pixels NHWC in [0, 255].
-        transform = pixel_transform(model.pretrained_cfg)
-    else:
-        transform = eval_transform(model.pretrained_cfg)
+    # One preprocessing path (data/preprocess.py): each file decoded to the stored size by the
+    # dataset's own decoder, then the run's batch resize; normalisation here for a PyTorch model,
+    # in the graph for an exported one, which takes the resized pixels as float in [0, 255].
+    prepare = Preprocess(model.pretrained_cfg, max_pixels=limit)
+    if not onnx:
         model = model.to(device).eval()
     results: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = torch.stack([transform(load_image(p, limit)) for p in paths])
         if onnx:
-            pixels = (batch.permute(0, 2, 3, 1) * 255.0).numpy()
+            pixels = prepare.resized(paths).numpy().astype(np.float32)
             logits = torch.from_numpy(model(pixels))
         else:
-            logits = model(batch.to(device))
+            logits = model(prepare(paths).to(device))
         probs = logits.float().softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
         for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):

@@ -118,7 +118,7 @@ class _Prepared:
 def _build(candidate: Candidate, num_classes: int, options: RankOptions, native: Sequence[int],
            device: torch.device) -> _Prepared:
     """Create the model as `_Run.build_model` does for `input_size` set (so the cache keys agree)."""
-    from transferlab.data.transforms import BatchTransform
+    from transferlab.data.preprocess import batch_transform
     from transferlab.models import create_model
 
     head = options.head or _default_head()
@@ -143,8 +143,7 @@ def _build(candidate: Candidate, num_classes: int, options: RankOptions, native:
     pre = model.pretrained_cfg
     input_size = tuple(pre.input_size)
     model.pretrained_cfg = dataclasses.replace(pre, crop_pct=1.0, crop_mode="squash")
-    transform = BatchTransform(input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-                               augment="none", native_size=native).to(device).eval()
+    transform = batch_transform(model.pretrained_cfg, native_size=native).to(device).eval()
     kwargs = dict(getattr(model, "model_kwargs", {}) or {})
     kwargs.setdefault("head", head)
     return _Prepared(model, input_size, transform, kwargs)
