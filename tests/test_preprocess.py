@@ -99,7 +99,10 @@ def test_predict_and_exports_reproduce_the_runs_test_logits(
     torch.testing.assert_close(torch.from_numpy(logits), expected, rtol=0, atol=TOLERANCE)
 
     # predict_images and the CLI (--json): the run's test probabilities, top class first.
-    probs = expected.softmax(dim=1)
+    # The probabilities are calibrated by the temperature the run fitted on its validation split.
+    assert model.temperature == pytest.approx(json.loads((run_dir / "summary.json").read_text())
+                                              ["calibration"]["temperature"])
+    probs = (expected / model.temperature).softmax(dim=1)
     for predictions in (
         [p.to_dict() for p in predict_images(model, files, top=2, batch_size=3)],
         _cli_predict(capsys, files, run_dir / "best.pt"),
@@ -112,7 +115,7 @@ def test_predict_and_exports_reproduce_the_runs_test_logits(
 
     # The exports take the resized pixels (float, [0, 255]) and normalise in the graph.
     onnx = OnnxClassifier(export_run(run_dir, "onnx").path)
-    assert onnx.pretrained_cfg == cfg
+    assert onnx.pretrained_cfg == cfg and onnx.temperature == pytest.approx(model.temperature)
     pixels = Preprocess(onnx.pretrained_cfg).resized(files).numpy().astype(np.float32)
     torch.testing.assert_close(torch.from_numpy(onnx(pixels)), expected, rtol=0, atol=TOLERANCE)
     assert _cli_predict(capsys, files, onnx.path) == _cli_predict(capsys, files, run_dir / "best.pt")

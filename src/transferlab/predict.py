@@ -37,6 +37,7 @@ from transferlab.models import (
 )
 
 IMAGENET_CLASSES = 1000
+UNKNOWN = "unknown"  # the answer below min_confidence
 ONNX_SUFFIX = ".onnx"
 TORCHSCRIPT_SUFFIX = ".torchscript.pt"  # `transferlab export --format torchscript`
 Predictor = TransferModel | OnnxClassifier | TorchScriptClassifier
@@ -57,9 +58,10 @@ class Prediction:
 
     image: str
     top: list[ClassScore]
+    answer: str = ""  # the top-1 class, or UNKNOWN when its probability is below min_confidence
 
     def to_dict(self) -> dict[str, Any]:
-        """`{"image": PATH, "top": [{"index", "name", "prob"}, ...]}` (the `--json` format)."""
+        """`{"image": PATH, "top": [{"index", "name", "prob"}, ...], "answer": NAME}` (`--json`)."""
         return dataclasses.asdict(self)
 
 
@@ -152,14 +154,20 @@ def predict_images(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     max_pixels: int | None = None,
+    min_confidence: float | None = None,
 ) -> list[Prediction]:
-    """Top-`top` classes with softmax probabilities for each image file (or PIL image), in input order.
+    """Top-`top` classes with probabilities for each image file (or PIL image), in input order.
 
-    An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says. Images whose
-    header claims more than `max_pixels` pixels are refused (see `load_image`).
+    The probabilities are softmax(logits / T) with the model's temperature T (fitted by its run
+    on the validation split; 1 for weights without one), so a 0.9 means about 90% right. An image
+    whose top-1 probability is below `min_confidence` is answered UNKNOWN (its top classes are
+    still listed). An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says.
+    Images whose header claims more than `max_pixels` pixels are refused (see `load_image`).
     """
     if top < 1:
         raise TransferlabError(f"top must be >= 1, got {top}")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise TransferlabError(f"min_confidence must be a probability in [0, 1], got {min_confidence}")
     if batch_size < 1:
         raise TransferlabError(f"batch_size must be >= 1, got {batch_size}")
     limit = max_image_pixels(max_pixels)
@@ -170,6 +178,7 @@ def predict_images(
     # dataset's own decoder, then the run's batch resize; normalisation here for a PyTorch model,
     # in the graph for an exported one, which takes the resized pixels as float in [0, 255].
     prepare = Preprocess(model.pretrained_cfg, max_pixels=limit)
+    temperature = float(getattr(model, "temperature", 1.0) or 1.0)
     if not onnx:
         model = model.to(device).eval()
     results: list[Prediction] = []
@@ -180,11 +189,13 @@ def predict_images(
             logits = torch.from_numpy(model(pixels))
         else:
             logits = model(prepare(paths).to(device))
-        probs = logits.float().softmax(dim=1)
+        probs = (logits.float() / temperature).softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
         for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
             scores = [ClassScore(i, names[i], round(v, 6)) for v, i in zip(vals, idxs, strict=True)]
-            results.append(Prediction(str(path), scores))
+            # Decided on the unrounded probability, so "below P" is exact.
+            sure = min_confidence is None or vals[0] >= min_confidence
+            results.append(Prediction(str(path), scores, scores[0].name if sure else UNKNOWN))
     return results
 
 

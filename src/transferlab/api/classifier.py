@@ -56,7 +56,7 @@ class Classifier:
         self.device = str(select_device(device or "auto")) if self.runtime == "pytorch" else "cpu"
 
     def predict(self, images: Images, top: int = 5, batch_size: int = 32,
-                max_pixels: int | None = None) -> Predictions:
+                max_pixels: int | None = None, min_confidence: float | None = None) -> Predictions:
         """The top classes of each image, best first.
 
         Args:
@@ -66,6 +66,8 @@ class Classifier:
             batch_size: images per forward pass.
             max_pixels: refuse image files with more pixels (decompression bombs); None:
                 $TRANSFERLAB_MAX_IMAGE_PIXELS, else 250,000,000.
+            min_confidence: answer "unknown" (`Prediction.label`) when the top-1 probability is
+                below this; `Run.evaluate()` shows the accuracy and coverage each value gives.
 
         Returns:
             One `Prediction` per image, in input order (a folder's images in path order).
@@ -78,10 +80,10 @@ class Classifier:
 
         sources, names, pictures = as_images(images)
         raw = predict_images(self.model, sources, top=top, batch_size=batch_size, device=self.device,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, min_confidence=min_confidence)
         return Predictions(
             Prediction(source=name, top=[(s.name, s.prob) for s in r.top],
-                       indices=[s.index for s in r.top], image=picture)
+                       indices=[s.index for s in r.top], image=picture, answer=r.answer or None)
             for name, picture, r in zip(names, pictures, raw, strict=True))
 
     def __repr__(self) -> str:

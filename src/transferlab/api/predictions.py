@@ -20,8 +20,10 @@ class Prediction:
 
     Attributes:
         source: the image's path, or `image[i]` for the i-th image given in memory.
-        label: the top-1 class name.
-        score: its probability (softmax over every class).
+        label: the top-1 class name, or "unknown" when `score` is below the `min_confidence`
+            the prediction was asked with.
+        score: the top-1 probability (calibrated: softmax of the logits over the run's
+            temperature).
         top: the k best classes as (name, probability) pairs, best first.
         indices: their class indices, in the same order.
         true: the image's true class when known (a run's test mistakes), else None.
@@ -32,11 +34,12 @@ class Prediction:
     indices: list[int]
     true: str | None = None
     image: Any = dataclasses.field(default=None, repr=False, compare=False)  # PIL image for thumbnails
+    answer: str | None = None  # "unknown" below min_confidence; None: the top-1 class
 
     @property
     def label(self) -> str:
-        """The top-1 class name."""
-        return self.top[0][0]
+        """The answer: the top-1 class name, or "unknown" below the asked confidence."""
+        return self.answer or self.top[0][0]
 
     @property
     def score(self) -> float:
@@ -48,6 +51,7 @@ class Prediction:
         out: dict[str, Any] = {"image": self.source, "top": [
             {"index": i, "name": name, "prob": prob}
             for i, (name, prob) in zip(self.indices, self.top, strict=True)]}
+        out["answer"] = self.label
         if self.true is not None:
             out["true"] = self.true
         return out

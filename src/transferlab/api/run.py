@@ -131,9 +131,10 @@ class Run:
 
         return load(self._best(), device=device)
 
-    def predict(self, images: Any, top: int = 5, batch_size: int = 32) -> Predictions:
+    def predict(self, images: Any, top: int = 5, batch_size: int = 32,
+                min_confidence: float | None = None) -> Predictions:
         """The top classes of each image with the run's best model (see `Classifier.predict`)."""
-        return self.load().predict(images, top=top, batch_size=batch_size)
+        return self.load().predict(images, top=top, batch_size=batch_size, min_confidence=min_confidence)
 
     def mistakes(self, limit: int | None = 24) -> Predictions:
         """The test images the run got wrong, most confident first, with their true class.

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from transferlab.choices import IMAGE_SUFFIXES
-from transferlab.commands._common import config_flag, positive_int
+from transferlab.commands._common import config_flag, positive_int, probability
 from transferlab.errors import TransferlabError
 
 
@@ -41,6 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--pretrained", action="store_true", help="timm's ImageNet weights (online)"
     )
     parser.add_argument("--top", type=positive_int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--min-confidence", type=probability, default=None, metavar="P",
+                        help="answer 'unknown' when the top class's (calibrated) probability is "
+                             "below P; `transferlab evaluate RUN_DIR` shows the accuracy and share "
+                             "of photos answered at each P")
     parser.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
@@ -66,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
     classifier = load(args.weights, model=args.model, weights_dir=args.weights_dir,
                       pretrained=args.pretrained, device=args.device)
     predictions = classifier.predict(args.images, top=args.top, batch_size=args.batch_size,
-                                     max_pixels=args.max_image_pixels)
+                                     max_pixels=args.max_image_pixels,
+                                     min_confidence=args.min_confidence)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
     for prediction in predictions:
-        print(prediction.source)
+        print(f"{prediction.source}: {prediction.label}")
         for rank, ((name, prob), index) in enumerate(zip(prediction.top, prediction.indices, strict=True),
                                                      start=1):
             print(f"  {rank}. {prob:7.2%}  {name} ({index})")

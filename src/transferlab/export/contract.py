@@ -112,6 +112,10 @@ def export_metadata(model: TransferModel, source: str) -> dict[str, Any]:
             "range": [0, PIXEL_MAX],
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", model.num_classes], "kind": "logits"},
+        # Temperature scaling fitted by the run on its validation split: softmax(logits / T) are
+        # calibrated probabilities (the class with the highest logit does not change).
+        "temperature": float(getattr(model, "temperature", 1.0)),
+        "probabilities": "softmax(logits / temperature)",
         "in_graph": "x / 255, then (x - mean) / std per channel, then NHWC -> NCHW",
         "resize": resize_rule(cfg),
         "caller": caller_steps(cfg),
