@@ -17,6 +17,7 @@ from transferlab.config import TrainConfig
 from transferlab.training import distributed as dist_utils
 from transferlab.training.device import Precision
 from transferlab.training.engine import Batches
+from transferlab.training.imbalance import Imbalance
 from transferlab.training.interrupt import InterruptFlag
 
 
@@ -51,6 +52,7 @@ class RunContext:
         self.interrupt = InterruptFlag()
         self.writer = None
         self.stage_features: tuple[str, nn.Module, Any] | None = None  # last stage's cached features
+        self.imbalance: Imbalance | None = None  # what the run does about uneven classes (run.py)
 
     def log(self, message: str) -> None:
         """Print on rank 0 only."""
