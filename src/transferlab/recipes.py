@@ -116,6 +116,7 @@ def describe(config: Any) -> str:
                 if s.early_stopping.enabled else "")
         warm = f", warm-up {s.warmup_epochs:g} epoch" if s.warmup_epochs else ""
         sched = f", {s.schedule} schedule" if s.schedule != "none" else ""
+        sched += ", BatchNorm frozen" if s.bn_frozen else ""
         batch = f", batch {config.stage_batch_size(s)}"
         lines.append(f"  {i + 1}. {s.name}: train {s.train}, {s.optimizer} lr {s.lr:g}{warm}{sched}, "
                      f"up to {s.epochs} epochs{batch}, augment {s.augment or config.augment}{stop}")

@@ -63,7 +63,8 @@ class Imbalance:
 
     def describe(self) -> str:
         """One line for the start of training, beside the recipe's."""
-        counts = f"{min(self.class_counts)}-{max(self.class_counts)} images per class"
+        low, high = min(self.class_counts), max(self.class_counts)
+        counts = f"{low}{'' if low == high else f'-{high}'} images per class"
         if not self.uneven:
             head = f"classes even ({counts}, ratio {self.ratio:.1f} <= {self.threshold:g})"
         else:
