@@ -158,6 +158,35 @@ def table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def epoch_table(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: the head stage's best epoch, then every finetune epoch's validation loss
+    and top-1, per run (does the second stage start by undoing the first?)."""
+    lines = ["| dataset | variant | method | seed | head (best epoch) | finetune epochs: val loss / top-1 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        head = [row for row in r["rows"] if row["stage"] == "head"]
+        best = min(head, key=lambda row: row["val_loss"]) if head else None
+        fine = [row for row in r["rows"] if row["stage"] == "finetune"]
+        head_text = (f"{best['val_loss']:.3f} / {100 * best['val_acc1']:.1f}% (epoch {best['epoch']})"
+                     if best else "")
+        fine_text = ", ".join(f"{row['val_loss']:.3f} / {100 * row['val_acc1']:.1f}%" for row in fine)
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['method']} | {r['seed']} | {head_text} | "
+                     f"{fine_text} |")
+    return lines
+
+
+def write_tables(results: list[dict[str, Any]], out: Path, command: str, rows_where: str) -> None:
+    """Write (and print) the Markdown tables of `results`."""
+    caps = sorted({sum(1 for row in r["rows"] if row["stage"] == "finetune") for r in results})
+    lines = [f"`{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, shared), "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; finetune epochs run: "
+             f"{', '.join(map(str, caps))}; per-epoch rows in {rows_where}.", "", *table(results),
+             "", "Validation per epoch (head: the epoch early stopping restored):", "",
+             *epoch_table(results)]
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
@@ -173,7 +202,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "IMBALANCE.md")
     parser.add_argument("--rows-out", type=Path, default=None,
                         help="JSON of every run with its per-epoch rows (default: beside --out)")
+    parser.add_argument("--render", type=Path, nargs="+", default=None,
+                        help="write the tables from these JSON files of earlier runs (no training)")
     args = parser.parse_args()
+    if args.render:
+        results = [r for path in args.render for r in json.loads(path.read_text())]
+        write_tables(results, args.out, "python bench/imbalance.py " + " ".join(sys.argv[1:]),
+                     "the JSON files named")
+        return 0
     weights = args.shared / WEIGHTS
     for path in (weights, *(args.shared / DATASETS[d][0] for d in args.datasets)):
         if not path.exists():
@@ -183,6 +219,7 @@ def main() -> int:
         name, _, setting = item.partition("=")
         variants.append((name, [setting]))
     results = []
+    rows_out = args.rows_out or args.out.with_suffix(".json")
     with tempfile.TemporaryDirectory(prefix="imbalance-") as tmp:
         for dataset in args.datasets:
             archive, size = DATASETS[dataset]
@@ -199,14 +236,9 @@ def main() -> int:
                                         "seed": seed, "input_size": size, **result})
                         print(json.dumps({k: v for k, v in results[-1].items() if k != "rows"}),
                               flush=True)
-    rows_out = args.rows_out or args.out.with_suffix(".json")
-    rows_out.write_text(json.dumps(results, indent=1) + "\n")
-    command = " ".join(["python bench/imbalance.py", *sys.argv[1:]])
-    lines = [f"`{command}` on {platform.node() or 'this machine'} ({os.cpu_count()} cores, shared), "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; finetune stage capped at "
-             f"{args.finetune_epochs} epochs; per-epoch rows in `{rows_out.name}`.", "", *table(results)]
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                        rows_out.write_text(json.dumps(results, indent=1) + "\n")  # after each run
+    write_tables(results, args.out, " ".join(["python bench/imbalance.py", *sys.argv[1:]]),
+                 f"`{rows_out.name}`")
     return 0
 
 
