@@ -5,6 +5,7 @@ Two image folders with uneven training classes and an even test split:
 - `cifar-lt`: CIFAR-10 photos (the shared archive), training classes from 500 down to 50 images
   (geometric, 10:1, the long-tailed CIFAR of Cao et al. 2019 / Menon et al. 2021), 100 test
   images per class from the archive's test split.
+- `cifar-r2`: the same with a mild 2:1 tail (500 down to 250), where the trigger's threshold lies.
 - `trashnet`: the shared real phone photos (6 classes, 55 to 236 each); 25 photos of every class
   go to test/ (seeded), the rest (30 to 211) to train/.
 
@@ -40,7 +41,8 @@ SHARED = REPO.parent / "shared"
 WEIGHTS = "weights/mobilenetv2_100.coral_int8_in1k.safetensors"
 METHODS = ("off", "logit_adjust", "class_weight", "balanced_sampler")
 # name -> (archive under shared/, input size px)
-DATASETS = {"cifar-lt": ("data/cifar10-jpeg.tar.gz", 96), "trashnet": ("data/trashnet.tar.gz", 128)}
+DATASETS = {"cifar-lt": ("data/cifar10-jpeg.tar.gz", 96), "cifar-r2": ("data/cifar10-jpeg.tar.gz", 96),
+            "trashnet": ("data/trashnet.tar.gz", 128)}
 
 
 def long_tail_counts(largest: int, ratio: float, classes: int) -> list[int]:
@@ -224,8 +226,11 @@ def main() -> int:
         for dataset in args.datasets:
             archive, size = DATASETS[dataset]
             work = Path(tmp) / dataset
-            make = make_cifar_lt if dataset == "cifar-lt" else make_trashnet
-            folder = make(args.shared / archive, work / "photos")
+            if dataset == "trashnet":
+                folder = make_trashnet(args.shared / archive, work / "photos")
+            else:
+                ratio = 10.0 if dataset == "cifar-lt" else 2.0
+                folder = make_cifar_lt(args.shared / archive, work / "photos", ratio=ratio)
             for variant, sets in variants:
                 for seed in args.seeds:
                     for method in args.methods:
