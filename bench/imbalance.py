@@ -197,7 +197,8 @@ def main() -> int:
     parser.add_argument("--finetune-epochs", type=int, default=4,
                         help="cap of the finetune stage (the recipe's is 10)")
     parser.add_argument("--variant", action="append", default=[],
-                        help="NAME=SET: also run every method with `--set SET` (repeatable); "
+                        help="NAME=SET[;SET...]: also run every method with these `--set`s "
+                             "(repeatable); "
                              "the plain recipe is the variant `recipe`")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain recipe variant")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the offline material folder")
@@ -219,7 +220,7 @@ def main() -> int:
     variants: list[tuple[str, list[str]]] = [] if args.no_plain else [("recipe", [])]
     for item in args.variant:
         name, _, setting = item.partition("=")
-        variants.append((name, [setting]))
+        variants.append((name, setting.split(";")))
     results = []
     rows_out = args.rows_out or args.out.with_suffix(".json")
     with tempfile.TemporaryDirectory(prefix="imbalance-") as tmp:
