@@ -162,8 +162,9 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 
 def epoch_table(results: list[dict[str, Any]]) -> list[str]:
     """Markdown rows: the head stage's best epoch, then every finetune epoch's validation loss
-    and top-1, per run (does the second stage start by undoing the first?)."""
-    lines = ["| dataset | variant | method | seed | head (best epoch) | finetune epochs: val loss / top-1 |",
+    and top-1 (and training loss), per run (does the second stage start by undoing the first?)."""
+    lines = ["| dataset | variant | method | seed | head (best epoch) | "
+             "finetune epochs: val loss / top-1 (train loss) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         head = [row for row in r["rows"] if row["stage"] == "head"]
@@ -171,7 +172,8 @@ def epoch_table(results: list[dict[str, Any]]) -> list[str]:
         fine = [row for row in r["rows"] if row["stage"] == "finetune"]
         head_text = (f"{best['val_loss']:.3f} / {100 * best['val_acc1']:.1f}% (epoch {best['epoch']})"
                      if best else "")
-        fine_text = ", ".join(f"{row['val_loss']:.3f} / {100 * row['val_acc1']:.1f}%" for row in fine)
+        fine_text = ", ".join(f"{row['val_loss']:.3f} / {100 * row['val_acc1']:.1f}% "
+                              f"({row['train_loss']:.2f})" for row in fine)
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['method']} | {r['seed']} | {head_text} | "
                      f"{fine_text} |")
     return lines

@@ -20,8 +20,9 @@ def test_long_tail_counts_fall_geometrically_by_the_ratio() -> None:
 def _run(method: str, seed: int, acc: float) -> dict:
     return {"dataset": "d", "variant": "v", "method": method, "seed": seed, "test_acc1": acc,
             "test_bal_acc": acc - 0.1, "test_macro_f1": acc - 0.2, "wall_s": 10.0,
-            "rows": [{"stage": "head", "epoch": 1, "val_loss": 0.5, "val_acc1": 0.8},
-                     {"stage": "finetune", "epoch": 1, "val_loss": 0.7, "val_acc1": 0.7}]}
+            "rows": [{"stage": "head", "epoch": 1, "val_loss": 0.5, "val_acc1": 0.8, "train_loss": 0.4},
+                     {"stage": "finetune", "epoch": 1, "val_loss": 0.7, "val_acc1": 0.7,
+                      "train_loss": 0.9}]}
 
 
 def test_table_averages_seeds_and_differences_against_off() -> None:
@@ -32,4 +33,4 @@ def test_table_averages_seeds_and_differences_against_off() -> None:
     assert "| off | 2 | 61.0 ± 1.4% |" in off
     assert "| logit_adjust | 2 | 66.0 ± 0.0% |" in adjusted
     assert "| +5.0 | +5.0 | +5.0 |" in adjusted  # 66 - 61 for each of the three metrics
-    assert "0.500 / 80.0% (epoch 1) | 0.700 / 70.0% |" in epoch_table(runs)[2]
+    assert "0.500 / 80.0% (epoch 1) | 0.700 / 70.0% (0.90) |" in epoch_table(runs)[2]
