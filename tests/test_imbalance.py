@@ -16,6 +16,7 @@ from torch import nn
 
 from transferlab.config import config_from_dict, load_config
 from transferlab.errors import TransferlabError
+from transferlab.recipes import describe
 from transferlab.training import Batches, train_run
 from transferlab.training.engine import evaluate, train_one_epoch
 from transferlab.training.imbalance import (
@@ -240,5 +241,7 @@ def test_the_finetune_recipe_sets_bn_frozen_and_the_field_can_be_turned_off() ->
     stages = {s.name: s for s in config.stages}
     assert stages["finetune"].bn_frozen is True
     assert stages["head"].bn_frozen is False
+    lines = describe(config).splitlines()
+    assert "BatchNorm frozen" in lines[2] and "BatchNorm frozen" not in lines[1]
     off = load_config(overrides={"pretrained": True}, sets=["stages.finetune.bn_frozen=false"])
     assert {s.name: s for s in off.stages}["finetune"].bn_frozen is False
