@@ -31,6 +31,7 @@ from transferlab.training.engine import (
     fit,
 )
 from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
+from transferlab.training.imbalance import loss_terms
 from transferlab.training.optim import StageScheduler, build_optimizer
 from transferlab.training.prepare import stage_augment
 from transferlab.training.run_state import RunState, save_best, save_last
@@ -48,6 +49,9 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
     info.update({"train": stage.train, "cached_features": parts is not None})
     fast = None  # the frozen part on a fast engine, when it runs every step
+    imbalance = run.imbalance
+    balanced = imbalance is not None and imbalance.method == "balanced_sampler"
+    by_balanced = imbalance is not None and imbalance.uneven  # best.pt by val balanced accuracy
     nchw_tail = False  # a tail on 1 x 1 maps put in NCHW for this stage (restored after it)
     if parts is not None:
         prefix, tail = parts
@@ -60,7 +64,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
             return Batches(features[split], labels[split], size, shuffle=shuffle, seed=c.seed,
-                           epoch=epoch, device=run.device, dist=run.ctx, train=shuffle)
+                           epoch=epoch, device=run.device, dist=run.ctx, train=shuffle,
+                           balanced=balanced and shuffle)
         run.stage_features = (stage.train, trained, batches)
     else:
         trained = run.model
@@ -83,7 +88,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                 transform = ThenPrefix(transform, fast.run, c.channels_last)
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
                            transform=transform, device=run.device, dist=run.ctx,
-                           channels_last=c.channels_last and not nchw_tail, train=shuffle)
+                           channels_last=c.channels_last and not nchw_tail, train=shuffle,
+                           balanced=balanced and shuffle)
         # The test pass may use these batches only while the frozen part is the whole run's.
         run.stage_features = (stage.train, trained, batches) if fast is not None else None
 
@@ -124,6 +130,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
             + (", on cached features" if parts is not None else f", augment {augment}")
             + (f", the frozen part on {fast.backend} every step" if fast is not None else ""))
+    offsets, weights = loss_terms(imbalance)
     plan = StagePlan(
         name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
@@ -134,6 +141,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         sync_every=math.gcd(SYNC_EVERY, c.checkpoint_every) if c.checkpoint_every else SYNC_EVERY,
         # After a non-finite loss `summary.finish` reloads best.pt: no in-memory copy of the best needed.
         nan_restores_best=False,
+        logit_offsets=offsets, class_weights=weights, bn_frozen=stage.bn_frozen,
     )
 
     def on_step(progress: StageProgress) -> None:
@@ -157,9 +165,10 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                     run.writer.add_scalar(f"{key}", value, global_epoch)
             run.writer.flush()
         value = row["val_acc1"]
-        if value is None or state.best_value is None or is_better(row, state.rows[:-1]):
+        if value is None or state.best_value is None or is_better(row, state.rows[:-1], by_balanced):
             state.best_value = value
-            save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value})
+            save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value,
+                                  "val_bal_acc": row.get("val_bal_acc")})
         write_metrics(run, state.rows)
         save_last(run, state, optimizer, scheduler, scaler, started)
         if run.interrupt.poll(run.ctx, run.device):
@@ -208,14 +217,17 @@ def _nchw_tail(run: RunContext, tail: nn.Module, shape: tuple[int, ...], info: d
     return True
 
 
-def is_better(row: dict[str, Any], earlier: list[dict[str, Any]]) -> bool:
-    """Whether an epoch beats every earlier one for best.pt: higher val_acc1, and at equal
-    accuracy lower val_loss (a validation set of a few dozen photos ties often, and the later
-    fine-tuned model with the lower loss is then the better one)."""
-    def key(r: dict[str, Any]) -> tuple[float, float]:
-        return (r["val_acc1"], -r["val_loss"])
+def is_better(row: dict[str, Any], earlier: list[dict[str, Any]], balanced: bool = False) -> bool:
+    """Whether an epoch beats every earlier one for best.pt: higher val_acc1 (val_bal_acc when
+    `balanced`: on uneven classes a model that gives up a small class can still gain top-1), and
+    at equal accuracy lower val_loss (a validation set of a few dozen photos ties often, and the
+    later fine-tuned model with the lower loss is then the better one)."""
+    metric = "val_bal_acc" if balanced else "val_acc1"
 
-    scored = [key(r) for r in earlier if r.get("val_acc1") is not None and r.get("val_loss") is not None]
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        return (r[metric], -r["val_loss"])
+
+    scored = [key(r) for r in earlier if r.get(metric) is not None and r.get("val_loss") is not None]
     return not scored or key(row) > max(scored)
 
 
@@ -230,6 +242,8 @@ def _format_row(row: dict[str, Any]) -> str:
             f"acc {row['train_acc1']:.4f}")
     if row["val_loss"] is not None:
         text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc1']:.4f}"
+        if row.get("val_bal_acc") is not None:
+            text += f" bal acc {row['val_bal_acc']:.4f}"
     return text + f" | {row['epoch_time_s']:.2f} s, {row['images_per_s']:.0f} img/s"
 
 
