@@ -3,7 +3,8 @@
 Eager PyTorch and ONNX Runtime round differently (~1e-6 of the output scale), so the choice is a
 numerical path: a resumed run that chose again could continue on another one than the run it
 continues. Here `auto_backend` is patched to decide one way for the first session and the other
-way for the resume, which must keep to what the first one recorded.
+way for the resume, which must keep to what the first one recorded. The same holds for cached
+features against training through the frozen part, which the free disk space decides.
 """
 
 from __future__ import annotations
@@ -111,3 +112,42 @@ def test_resumed_extraction_keeps_the_recorded_engine(tmp_path: Path, monkeypatc
     assert "onnxruntime ready" in capsys.readouterr().out
     assert summary["backend_choice"] == last["backend_choice"] == saved["backend_choice"]
     assert summary["feature_backends"] == saved["feature_backends"]
+
+
+def small_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache disk too full for the stage's features (over cache_memory_gb, so they go to disk)."""
+    from transferlab.training import cache_plan
+
+    monkeypatch.setattr(cache_plan.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
+
+
+def test_a_resumed_stage_keeps_training_through_the_frozen_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk was full when the stage began: it trained through the frozen part, not on cached
+    # features. The disk has room when the run resumes; the stage keeps to its path.
+    small_disk(monkeypatch)
+    reference = train_run(config(tmp_path, "ref", augment="none", cache_memory_gb=1e-9))
+    interrupt_at(monkeypatch, 3, "sigint")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config(tmp_path, "cut", augment="none", cache_memory_gb=1e-9))
+    cut = tmp_path / "runs" / "cut"
+    assert not torch.load(cut / "last.pt", weights_only=False)["stage_info"]["head"]["cached_features"]
+    monkeypatch.undo()
+    summary, _ = stage_info(resume_run(cut, quiet=True), "head")
+    assert not summary["cached_features"]
+    assert metrics(cut) == metrics(reference)
+
+
+def test_a_resumed_cached_stage_does_not_switch_paths_when_the_disk_fills(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transferlab.errors import TransferlabError
+
+    interrupt_at(monkeypatch, 3, "sigint")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config(tmp_path, "cut", augment="none", cache_memory_gb=1e-9))
+    cut = tmp_path / "runs" / "cut"
+    assert torch.load(cut / "last.pt", weights_only=False)["stage_info"]["head"]["cached_features"]
+    monkeypatch.undo()
+    small_disk(monkeypatch)
+    with pytest.raises(TransferlabError, match="continues trained the stage on cached features"):
+        resume_run(cut, quiet=True)

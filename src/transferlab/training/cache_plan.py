@@ -23,9 +23,20 @@ from transferlab.training.context import RunContext
 from transferlab.training.prepare import stage_augment
 
 
-def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Module] | None:
-    """(prefix, tail) when this stage trains on cached features, else None."""
+def cache_plan(run: RunContext, stage: StageConfig,
+               recorded: bool | None = None) -> tuple[nn.Module, nn.Module] | None:
+    """(prefix, tail) when this stage trains on cached features, else None.
+
+    Args:
+        run, stage: the run and the stage about to train.
+        recorded: on resume, whether the run this one continues trained the stage on cached
+            features (its `cached_features` in last.pt); None for a stage not begun yet. The
+            free disk space can change between the two sessions, and the other path rounds
+            differently, so a resumed stage keeps to the recorded one.
+    """
     c = run.config
+    if recorded is False:
+        return None
     if stage.cache_features == "false" or stage.train == "all":
         if stage.cache_features == "true" and stage.train == "all":
             raise TransferlabError(f"stage {stage.name}: cache_features=true needs a frozen part "
@@ -54,8 +65,10 @@ def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Modul
                f"cache_memory_gb={c.cache_memory_gb}")
         if need > 0.9 * free:
             msg += f" and over the {free / 2**30:.1f} GiB free in {root}"
-            if stage.cache_features == "true":
-                raise TransferlabError(msg + "; free disk space or point cache_dir elsewhere")
+            if stage.cache_features == "true" or recorded:
+                why = ("; the run this one continues trained the stage on cached features"
+                       if recorded else "")
+                raise TransferlabError(msg + why + "; free disk space or point cache_dir elsewhere")
             run.log(msg + ": training through the frozen part instead")
             return None
         run.log(msg + ": written to disk and memory-mapped")

@@ -44,8 +44,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     apply_freeze(run.model, stage.train)
     augment = stage_augment(c, stage)
     batch_size = c.stage_batch_size(stage)
-    parts = cache_plan(run, stage)
-    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
+    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))  # on resume, last.pt's
+    parts = cache_plan(run, stage, recorded=info.get("cached_features"))
     info.update({"train": stage.train, "cached_features": parts is not None})
     # The engine of the frozen part changes the numbers (~1e-6): a resumed stage keeps the one
     # its run chose (recorded in last.pt) instead of choosing again.
