@@ -92,6 +92,17 @@ def test_auto_counts_the_job_and_says_what_it_chose() -> None:
     assert record["used"] == record["auto"]["decided"] == "onnxruntime"
 
 
+def test_auto_stays_eager_when_the_prefix_cannot_be_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def uncountable(*args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("no formula for aten.some_op")
+
+    monkeypatch.setattr(feats, "count_cost", uncountable)
+    record: dict[str, Any] = {}
+    _, used = feats.make_extractor(_prefix("head"), "auto", torch.randn(8, 3, 32, 32), 10**9,
+                                   log=lambda _: None, record=record)
+    assert used == "eager" and "no formula for aten.some_op" in record["auto"]["why"]
+
+
 class _Slow(torch.nn.Module):
     """The prefix on a machine so busy that each forward pass takes 50 ms longer."""
 

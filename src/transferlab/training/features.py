@@ -196,7 +196,12 @@ def _auto(prefix: nn.Module, sample: torch.Tensor, num_images: int,
     """
     if sample.device.type != "cpu":
         return "eager", {"decided": "eager", "why": f"the frozen part runs eagerly on {sample.device.type}"}
-    cost = count_cost(prefix, sample)
+    try:
+        cost = count_cost(prefix, sample)
+    except Exception as err:  # noqa: BLE001 - an operator the counters cannot follow: stay eager
+        why = f"its operations could not be counted ({type(err).__name__}: {str(err)[:300]})"
+        log(f"feature extraction: eager (auto: {why})")
+        return "eager", {"decided": "eager", "why": why}
     per_image = eager_seconds_per_image(cost)
     backend = auto_backend(sample.device, num_images, per_image, cost.params)
     log(f"feature extraction: eager would take ~{per_image * num_images:.1f} s for {num_images:,} "
