@@ -45,9 +45,14 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     apply_freeze(run.model, stage.train)
     augment = stage_augment(c, stage)
     batch_size = c.stage_batch_size(stage)
-    parts = cache_plan(run, stage)
-    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
+    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))  # on resume, last.pt's
+    parts = cache_plan(run, stage, recorded=info.get("cached_features"))
     info.update({"train": stage.train, "cached_features": parts is not None})
+    # The engine of the frozen part changes the numbers (~1e-6): a resumed stage keeps the one
+    # its run chose (recorded in last.pt) instead of choosing again.
+    recorded = info.get("backend_choice")
+    backend = _backend(run, stage, recorded)
+    choice: dict[str, Any] = {}
     fast = None  # the frozen part on a fast engine, when it runs every step
     imbalance = run.imbalance
     balanced = imbalance is not None and imbalance.method == "balanced_sampler"
@@ -55,7 +60,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     nchw_tail = False  # a tail on 1 x 1 maps put in NCHW for this stage (restored after it)
     if parts is not None:
         prefix, tail = parts
-        cached = cached_features(run, stage, prefix, tail)
+        cached = cached_features(run, stage, prefix, tail, backend=backend, record=choice)
         features = cached.pop("features")
         info.update({k: v for k, v in cached.items() if k != "backend" or cached["extracted_images"]})
         trained: nn.Module = tail
@@ -75,7 +80,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             sample = next(iter(run.image_batches("train", batch_size)))[0]
             images = stage.epochs * len(run.data["train"][1]) + sum(
                 len(run.data[s][1]) for s in run.data if s != "train")
-            fast = fast_prefix(run.model, stage.train, c.extract_backend, sample, images, log=run.log)
+            fast = fast_prefix(run.model, stage.train, backend, sample, images, log=run.log,
+                               record=choice)
         if fast is not None:
             trained = fast.tail
             info["frozen_part_backend"] = fast.backend
@@ -98,6 +104,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         b = batches("train", batch_size, True, epoch)
         b.seed = derive_seed(c.seed, "stage", si)
         return b
+
+    _record_choice(run, stage, info, recorded, choice)
 
     trainable = [p for p in trained.parameters() if p.requires_grad]
     if not trainable:
@@ -205,6 +213,42 @@ def apply_freeze(model: nn.Module, train: str) -> None:
     from transferlab.models.freezing import boundary_for
 
     freeze(model, boundary_for(model, train))
+
+
+def _backend(run: RunContext, stage: StageConfig, recorded: dict[str, Any] | None) -> str:
+    """The backend to run this stage's frozen part on: the config's `extract_backend`, or on
+    resume the one the run recorded for the stage (unless the resumed config names another
+    engine explicitly: that is a request to change the numerical path)."""
+    setting = run.config.extract_backend
+    if recorded is None:
+        return setting
+    if setting not in ("auto", recorded["setting"]):
+        run.log(f"stage {stage.name}: extract_backend {setting} on resume instead of the recorded "
+                f"{recorded['used']}; the numbers may differ slightly from an uninterrupted run")
+        return setting
+    run.log(f"stage {stage.name}: the frozen part on {recorded['used']}, as recorded in last.pt "
+            f"(extract_backend {recorded['setting']})")
+    return recorded["used"]
+
+
+def _record_choice(run: RunContext, stage: StageConfig, info: dict[str, Any],
+                   recorded: dict[str, Any] | None, choice: dict[str, Any]) -> None:
+    """Keep the stage's backend choice in its info (summary.json, last.pt).
+
+    `choice` is empty when nothing was chosen in this session (features from the cache, nothing
+    frozen). A resumed stage keeps its recorded choice; only a different outcome (the recorded
+    engine failed its check this time, or the config now names another) replaces it, with the
+    earlier one kept beside it.
+    """
+    if not choice:
+        return
+    if recorded is None:
+        info["backend_choice"] = choice
+    elif choice["used"] != recorded["used"]:
+        run.log(f"stage {stage.name}: the frozen part now runs on {choice['used']}, not on the "
+                f"recorded {recorded['used']}; the numbers may differ slightly from an "
+                "uninterrupted run")
+        info["backend_choice"] = {**choice, "earlier": recorded}
 
 
 def _nchw_tail(run: RunContext, tail: nn.Module, shape: tuple[int, ...], info: dict[str, Any]) -> bool:
