@@ -24,7 +24,8 @@ PACKAGE = "transferlab"
 # with report.figures, and the report includes it; results is the shared reader of the files
 # that compare / sweep write and the report reads.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices")),
+    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices",
+              "transferlab.threads")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
     ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",
