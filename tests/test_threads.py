@@ -71,6 +71,20 @@ def test_libgomp_itself_runs_passive_in_a_cli_process() -> None:
     assert "GOMP_SPINCOUNT = '0'" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_torchrun_workers_run_passive_too() -> None:
+    """Each torchrun worker starts the CLI, so each sets the policy; the launcher (plain torch) does
+    not: two workers print libgomp's settings with no spinning, the launcher with its default."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", "0", "-m", "transferlab", "models"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(OMP_DISPLAY_ENV="VERBOSE"),
+                         timeout=600, check=True)
+    if "OPENMP DISPLAY ENVIRONMENT" not in out.stderr:
+        pytest.skip("this torch does not load libgomp (no OMP_DISPLAY_ENV output)")
+    assert out.stderr.count("GOMP_SPINCOUNT = '0'") == 2, out.stderr[-3000:]
+    assert out.stderr.count("GOMP_SPINCOUNT = '300000'") == 1, out.stderr[-3000:]
+
+
 # --- CPU count: affinity and cgroup quota, on made-up file trees -------------------------------
 
 
