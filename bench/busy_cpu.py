@@ -170,8 +170,11 @@ def _extraction(size: int, batch: int, weights: Path | None) -> Callable[[], int
     return one_pass
 
 
-def build_workload(name: str) -> tuple[Callable[[], int], str]:
-    """(one pass -> images, description) of a workload, built as `transferlab train` would."""
+def build_workload(name: str, weights: Path | None) -> tuple[Callable[[], int], str]:
+    """(one pass -> images, description) of a workload, built as `transferlab train` would.
+
+    `weights`: the pretrained MobileNetV2 file (needed by mnv2_top_ort; extract_ort uses it when
+    given, random weights otherwise: its speed does not depend on them)."""
     from presets import resolve
 
     from transferlab.config import StageConfig
@@ -188,13 +191,14 @@ def build_workload(name: str) -> tuple[Callable[[], int], str]:
                     f"train {work.train}")
     if name == "mnv2_top_ort":
         stage = StageConfig(name="finetune", train="from:blocks.5", optimizer="adam", lr=1e-4)
-        fn = _training("mobilenet_v2", 224, 32, stage.train, "photo", stage, {}, 256, WEIGHTS, "onnxruntime",
+        if weights is None:
+            raise ValueError("mnv2_top_ort needs the pretrained MobileNetV2 weights (--weights)")
+        fn = _training("mobilenet_v2", 224, 32, stage.train, "photo", stage, {}, 256, weights, "onnxruntime",
                        steps=2)
         return fn, ("mobilenet_v2 (pretrained) 224 px from 256 px, batch 32, augment photo, "
                     "blocks.5-up trained, frozen part on ONNX Runtime")
     if name == "extract_ort":
         work, _ = next((w, s) for w, s in preset.extract if w.model == "mobilenet_v2")
-        weights = WEIGHTS if WEIGHTS.is_file() else None
         fn = _extraction(work.input_size, work.batch, weights)
         return fn, f"mobilenet_v2 frozen backbone {work.input_size} px, batch {work.batch}, ONNX Runtime"
     raise ValueError(f"unknown workload {name!r}")
@@ -205,12 +209,12 @@ def _say(payload: dict) -> None:
     sys.stdout.flush()
 
 
-def worker(name: str, policy: str) -> int:
+def worker(name: str, policy: str, weights: Path | None) -> int:
     """Serve measurements: read `SECONDS` lines, answer {"images", "seconds"}; EOF ends."""
     seen = _import_torch_under(policy)
     import torch
 
-    one_pass, description = build_workload(name)
+    one_pass, description = build_workload(name, weights)
     one_pass()  # warm-up: allocator, oneDNN primitives, ONNX Runtime's arena
     _say({"ready": True, "description": description, "threads": torch.get_num_threads(),
           "env": seen})
@@ -261,12 +265,13 @@ def competitors(n: int) -> Iterator[list[subprocess.Popen]]:
 class Worker:
     """One workload under one policy in its own process."""
 
-    def __init__(self, name: str, policy: str) -> None:
+    def __init__(self, name: str, policy: str, weights: Path | None) -> None:
         self.name, self.policy = name, policy
         env = policy_env(policy, dict(os.environ))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), str(ROOT / "bench"),
                                                           env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--policy", policy],
+        extra = ["--weights", str(weights)] if weights else []
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--policy", policy, *extra],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info: dict = {}
 
@@ -317,10 +322,10 @@ class Cell:
         return statistics.median(self.rates)
 
 
-def run_workload(name: str, policies: Sequence[str], repeats: int, seconds: float,
+def run_workload(name: str, policies: Sequence[str], repeats: int, seconds: float, weights: Path | None,
                  log: Callable[[str], None]) -> tuple[dict[tuple[str, int], Cell], dict[str, dict]]:
     """Measure one workload under every policy: {(policy, loops): Cell}, {policy: worker info}."""
-    workers = {p: Worker(name, p) for p in policies}
+    workers = {p: Worker(name, p, weights) for p in policies}
     cells = {(p, n): Cell() for p in policies for n in LOADS}
     hz = os.sysconf("SC_CLK_TCK")
     try:
@@ -415,7 +420,10 @@ def write_markdown(path: Path, results: dict, policies: Sequence[str], args: arg
              "policy runs in a fresh process (the policy must be set before torch loads). The machine "
              "is shared with other jobs: \"background\" is the CPU time (in CPUs) that processes other "
              "than the worker and its loops used during the measurements, so figures may carry noise "
-             "from them.", "",
+             "from them."
+             + (f" The workers and their loops ran at niceness {args.nice} (the same for both, so a "
+                "loop competes at the worker's own priority), which keeps the other jobs' share small."
+                if args.nice else ""), "",
              *table(results, policies), ""]
     if new:
         lines += ["Against issue 19's targets (>= 60% of quiet with one loop, >= 35% with two, quiet "
@@ -442,12 +450,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated: default, transferlab, passive, spin:N")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per cell (default 3, 5 without --quick)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (2 quick, 4)")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS,
+                        help="pretrained MobileNetV2 .safetensors (default: ../shared/weights/...)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run the workers and their loops at this niceness (e.g. -10 as root): "
+                             "on a shared machine the other jobs then take little from either, "
+                             "while a loop keeps the worker's own priority")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "BUSY_CPU.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.policy)
+        return worker(args.worker, args.policy, args.weights if args.weights.is_file() else None)
 
     names = args.workloads.split(",") if args.workloads else list(QUICK_WORKLOADS if args.quick else WORKLOADS)
     policies = args.policies.split(",")
@@ -458,16 +472,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.seconds = args.seconds or (2.0 if args.quick else 4.0)
-    if "mnv2_top_ort" in names and not WEIGHTS.is_file():
-        print(f"skipping mnv2_top_ort: {WEIGHTS} is absent (the pretrained MobileNetV2 it fine-tunes)",
+    if "mnv2_top_ort" in names and not args.weights.is_file():
+        print(f"skipping mnv2_top_ort: {args.weights} is absent (the pretrained MobileNetV2 it fine-tunes)",
               file=sys.stderr)
         names.remove("mnv2_top_ort")
+    if args.nice:
+        os.nice(args.nice)  # inherited by the workers and the loops
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()
     start = time.perf_counter()
     results = {}
     for name in names:
         results[name] = run_workload(name, policies, args.repeats, args.seconds,
+                                     args.weights if args.weights.is_file() else None,
                                      log=lambda s: print(s, file=sys.stderr, flush=True))
     lines = table(results, policies)
     print("\n".join(lines))
