@@ -165,3 +165,14 @@ def test_configure_threads_sets_only_what_the_user_left_open(tmp_path: Path, eig
 
     env = {}
     assert threads.configure_threads(env, root=tmp_path / "no cgroup") == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_decode_workers_and_onnxruntime_threads_follow_the_quota(monkeypatch: pytest.MonkeyPatch,
+                                                                 eight_cpus: None) -> None:
+    from transferlab.data import decode
+    from transferlab.models import onnx_io
+
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: None)
+    assert decode.resolve_workers(None) == onnx_io.usable_cores() == 8
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root=None: 1.0)
+    assert decode.resolve_workers(None) == onnx_io.usable_cores() == 1
