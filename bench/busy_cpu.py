@@ -392,6 +392,14 @@ def verdicts(results: dict, policy: str) -> list[str]:
     return out
 
 
+def _autogroup() -> bool:
+    """Whether the kernel groups processes by session (niceness then orders them only within one)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
 def machine() -> str:
     """CPU model, logical CPUs, usable CPUs, Python and platform."""
     model = "unknown"
@@ -422,7 +430,10 @@ def write_markdown(path: Path, results: dict, policies: Sequence[str], args: arg
              "than the worker and its loops used during the measurements, so figures may carry noise "
              "from them."
              + (f" The workers and their loops ran at niceness {args.nice} (the same for both, so a "
-                "loop competes at the worker's own priority), which keeps the other jobs' share small."
+                "loop competes at the worker's own priority)"
+                + ("; the kernel schedules by session here (`sched_autogroup_enabled` = 1), so that "
+                   "ordered them only against their own session, not against other jobs."
+                   if _autogroup() else ", which keeps the other jobs' share small.")
                 if args.nice else ""), "",
              *table(results, policies), ""]
     if new:
@@ -454,8 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pretrained MobileNetV2 .safetensors (default: ../shared/weights/...)")
     parser.add_argument("--nice", type=int, default=0,
                         help="run the workers and their loops at this niceness (e.g. -10 as root): "
-                             "on a shared machine the other jobs then take little from either, "
-                             "while a loop keeps the worker's own priority")
+                             "the other jobs then take less from either while a loop keeps the "
+                             "worker's own priority (not across sessions where the kernel's "
+                             "autogroup scheduling is on)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "BUSY_CPU.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
