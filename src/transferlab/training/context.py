@@ -50,7 +50,9 @@ class RunContext:
         self.precision = precision
         self.interrupt = InterruptFlag()
         self.writer = None
-        self.stage_features: tuple[str, nn.Module, Any] | None = None  # last stage's cached features
+        # The last stage's (train, trained module, batches, hash of the frozen weights) when its
+        # frozen part ran once (cached features) or on a fast engine
+        self.stage_features: tuple[str, nn.Module, Any, str] | None = None
 
     def log(self, message: str) -> None:
         """Print on rank 0 only."""
