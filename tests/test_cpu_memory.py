@@ -116,3 +116,17 @@ def test_resident_mb_sees_an_allocation() -> None:
     block.write(b"\1" * (64 << 20))  # 64 MiB, touched
     assert cpu_memory.resident_mb() - before > 48
     block.close()
+
+
+def test_peak_resident_restarts_after_a_reset() -> None:
+    if not cpu_memory.reset_peak_resident():
+        pytest.skip("no /proc/self/clear_refs here")
+    import mmap
+
+    block = mmap.mmap(-1, 64 << 20)
+    block.write(b"\1" * (64 << 20))
+    block.close()
+    high = cpu_memory.peak_resident_mb()
+    assert high - cpu_memory.resident_mb() > 48  # the peak remembers the freed 64 MiB
+    assert cpu_memory.reset_peak_resident()
+    assert cpu_memory.peak_resident_mb() - cpu_memory.resident_mb() < 16

@@ -91,10 +91,31 @@ def release_freed_memory() -> bool:
 
 def resident_mb() -> float | None:
     """This process's resident memory now (VmRSS, MiB), or None where /proc does not say."""
+    return _status_mb("VmRSS:")
+
+
+def peak_resident_mb() -> float | None:
+    """This process's peak resident memory (VmHWM, MiB) since it started or since the last
+    `reset_peak_resident`, or None where /proc does not say."""
+    return _status_mb("VmHWM:")
+
+
+def reset_peak_resident() -> bool:
+    """Start a new peak for `peak_resident_mb` (Linux 4.0+: "5" to /proc/self/clear_refs);
+    False where that is not possible (the peak then runs from the process's start)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         return None

@@ -26,7 +26,7 @@ from transferlab.training.context import RunContext
 
 SUMMARY = "summary.json"
 METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
-                  "lr", "epoch_time_s", "eval_time_s", "images_per_s", "rss_mb")
+                  "lr", "epoch_time_s", "eval_time_s", "images_per_s", "rss_mb", "rss_peak_mb")
 
 # Fields that may differ between the interrupted and the resumed session (they change nothing
 # in the results).

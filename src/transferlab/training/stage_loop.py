@@ -22,7 +22,12 @@ from transferlab.training import distributed as dist_utils
 from transferlab.training import features as feats
 from transferlab.training.cache_plan import cache_plan, cached_features
 from transferlab.training.context import RunContext
-from transferlab.training.cpu_memory import release_freed_memory, resident_mb
+from transferlab.training.cpu_memory import (
+    peak_resident_mb,
+    release_freed_memory,
+    reset_peak_resident,
+    resident_mb,
+)
 from transferlab.training.engine import (
     SYNC_EVERY,
     Batches,
@@ -154,9 +159,10 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
 
     def on_epoch(row: dict[str, Any], progress: StageProgress) -> None:
         state.progress = progress
-        # Resident memory after the epoch's steps and validation: flat from epoch to epoch
-        # when nothing leaks (bench/memory.py, tests/test_memory.py).
-        row["rss_mb"] = resident_mb()
+        # Resident memory after the epoch (its steps and validation done, their freed blocks
+        # handed back: `fit`) and its peak during the epoch: both flat from epoch to epoch when
+        # nothing leaks (bench/memory.py, tests/test_memory.py).
+        row["rss_mb"], row["rss_peak_mb"] = resident_mb(), peak_resident_mb()
         state.rows.append(row)
         global_epoch = len(state.rows)
         if run.writer is not None:
@@ -175,7 +181,9 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             raise KeyboardInterrupt
         if not c.quiet:
             run.log(_format_row(row))
+        reset_peak_resident()  # the next epoch's peak is its own
 
+    reset_peak_resident()  # the first epoch's peak is its own, not the set-up's
     try:
         progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
     finally:
