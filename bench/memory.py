@@ -112,7 +112,7 @@ def step_faults(weights: Path, epochs: int = 4) -> list[dict]:
     from transferlab.data.transforms import BatchTransform
     from transferlab.models import create_model
     from transferlab.training import Batches, train_one_epoch
-    from transferlab.training.cpu_memory import keep_freed_memory, resident_mb
+    from transferlab.training.cpu_memory import keep_freed_memory
     from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
     from transferlab.training.stage_loop import apply_freeze
 
@@ -140,8 +140,14 @@ def step_faults(weights: Path, epochs: int = 4) -> list[dict]:
         seconds = time.perf_counter() - start
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         out.append({"faults_per_step": faults / len(batches), "images_per_s": len(y) / seconds,
-                    "rss_mb": resident_mb()})
+                    "rss_mb": _vmrss_mb()})
     return out
+
+
+def _vmrss_mb() -> float:
+    """VmRSS in MiB (read here: a --before-src checkout may lack cpu_memory.resident_mb)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def decoded_mb(sizes: dict[str, int]) -> float:
