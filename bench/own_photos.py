@@ -47,8 +47,10 @@ def make_photo_folder(archive: Path, root: Path, classes: tuple[str, ...], train
         root: the folder to create.
         classes: CIFAR-10 class names.
         train_per_class, test_per_class: images taken from the archive's train/ and test/.
-        layout: "train-val" (train/<class>, val/<class>: torchvision's layout) or
-            "class-folders" (<class>/ only: the evaluation split is carved by transferlab).
+        layout: "train-val" (train/<class>, val/<class>: torchvision's layout),
+            "train-validation-test" (train/<class>, and the archive's test images alternately
+            in validation/<class> and test/<class>) or "class-folders" (<class>/ only: the
+            evaluation split is carved by transferlab).
         seed: seed of the sizes and JPEG qualities.
     """
     rng = random.Random(seed)
@@ -70,6 +72,8 @@ def make_photo_folder(archive: Path, root: Path, classes: tuple[str, ...], train
             h = int(w * rng.choice((0.6, 0.75, 1.0, 1.33)))
             if layout == "train-val":
                 folder = root / ("train" if split == "train" else "val") / cls
+            elif layout == "train-validation-test":
+                folder = root / ("train" if split == "train" else ("validation", "test")[n % 2]) / cls
             else:
                 folder = root / cls
             folder.mkdir(parents=True, exist_ok=True)

@@ -67,3 +67,66 @@ def test_opt_out_leaves_glibc_defaults() -> None:
 def test_idempotent_in_process() -> None:
     first = cpu_memory.keep_freed_memory()
     assert cpu_memory.keep_freed_memory() is first
+
+
+# Kept freed memory (keep_freed_memory) stays resident until release_freed_memory hands it back.
+_TRIM_PROBE = """
+import ctypes, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("cpu_memory", sys.argv[1])
+cpu_memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cpu_memory)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+cpu_memory.keep_freed_memory()
+start = cpu_memory.resident_mb()
+blocks = [libc.malloc(32 << 20) for _ in range(8)]  # 256 MiB in heap blocks, touched
+for b in blocks:
+    libc.memset(b, 1, 32 << 20)
+guard = libc.malloc(1 << 20)  # in use above the freed blocks: a plain top trim cannot free them
+libc.memset(guard, 1, 1 << 20)
+for b in blocks:
+    libc.free(b)
+kept = cpu_memory.resident_mb()
+released = cpu_memory.release_freed_memory()
+print(json.dumps({"start": start, "kept": kept, "released": released,
+                  "after": cpu_memory.resident_mb()}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_release_hands_kept_memory_back() -> None:
+    out = subprocess.run([sys.executable, "-c", _TRIM_PROBE, cpu_memory.__file__], capture_output=True,
+                         text=True, check=True, timeout=120)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["kept"] - res["start"] > 200  # freed, but kept for reuse
+    assert res["released"] is True
+    assert res["kept"] - res["after"] > 200  # handed back
+
+
+def test_resident_mb_sees_an_allocation() -> None:
+    if cpu_memory.resident_mb() is None:
+        pytest.skip("no /proc/self/status here")
+    import mmap
+
+    before = cpu_memory.resident_mb()
+    # Fresh pages from the kernel (a malloc could reuse freed memory that is resident already).
+    block = mmap.mmap(-1, 64 << 20)
+    block.write(b"\1" * (64 << 20))  # 64 MiB, touched
+    assert cpu_memory.resident_mb() - before > 48
+    block.close()
+
+
+def test_peak_resident_restarts_after_a_reset() -> None:
+    if not cpu_memory.reset_peak_resident():
+        pytest.skip("no /proc/self/clear_refs here")
+    import mmap
+
+    block = mmap.mmap(-1, 64 << 20)
+    block.write(b"\1" * (64 << 20))
+    block.close()
+    high = cpu_memory.peak_resident_mb()
+    assert high - cpu_memory.resident_mb() > 48  # the peak remembers the freed 64 MiB
+    assert cpu_memory.reset_peak_resident()
+    assert cpu_memory.peak_resident_mb() - cpu_memory.resident_mb() < 16

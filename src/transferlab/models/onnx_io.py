@@ -100,7 +100,8 @@ def usable_cores() -> int:
     return available_cpus()
 
 
-def ort_session(model: bytes | str | Path, threads: int | None = None, spin: bool = True) -> Any:
+def ort_session(model: bytes | str | Path, threads: int | None = None, spin: bool = True,
+                arena: bool = True) -> Any:
     """An ONNX Runtime CPU session with all graph optimisations on.
 
     Args:
@@ -109,6 +110,9 @@ def ort_session(model: bytes | str | Path, threads: int | None = None, spin: boo
         spin: let idle worker threads spin-wait for the next operator (ONNX Runtime's default,
             fastest when the session has the cores to itself). Off when PyTorch works between
             calls on the same cores: spinning threads would take their time.
+        arena: let ONNX Runtime keep its own memory arena and per-shape memory plans
+            (its default). Off, every tensor comes from and goes back to `malloc`, so a
+            process that also runs PyTorch keeps one pool of freed memory instead of two.
 
     Raises:
         TransferlabError: if ONNX Runtime cannot load the model.
@@ -121,6 +125,9 @@ def ort_session(model: bytes | str | Path, threads: int | None = None, spin: boo
     options.inter_op_num_threads = 1  # one graph, run sequentially: the threads go to each op
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not arena:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -53,7 +53,9 @@ class RunContext:
         self.precision = precision
         self.interrupt = InterruptFlag()
         self.writer = None
-        self.stage_features: tuple[str, nn.Module, Any] | None = None  # last stage's cached features
+        # The last stage's (train, trained module, batches, hash of the frozen weights) when its
+        # frozen part ran once (cached features) or on a fast engine
+        self.stage_features: tuple[str, nn.Module, Any, str] | None = None
         self.excluded: dict[str, list[str]] = {}
         self.leakage: dict[str, Any] | None = None  # copies across splits (training.leakage)
         self.imbalance: Imbalance | None = None  # what the run does about uneven classes (run.py)

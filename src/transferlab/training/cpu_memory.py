@@ -9,9 +9,12 @@ to the kernel zeroing and mapping those pages. TensorFlow's allocator (BFC) and 
 allocator keep freed blocks for reuse; this does the same for glibc's heap by raising both
 thresholds once per process, so freed blocks stay in the heap and the next step reuses them.
 
-The cost: the process keeps its peak heap until it exits instead of returning freed pages early,
-which is what a training process does anyway. Other C libraries (musl, macOS) are left alone.
-Set `TRANSFERLAB_KEEP_FREED_MEMORY=0` to leave glibc's defaults.
+What it keeps is bounded by what one phase of a run needs at once: a training step, an
+evaluation pass or an extraction batch each reuse the same blocks while they repeat. Between
+phases whose allocations differ (after feature extraction, at the end of a stage),
+`release_freed_memory` hands the free pages back (`malloc_trim`), so one phase's peak is not
+carried into the next. Other C libraries (musl, macOS) are left alone. Set
+`TRANSFERLAB_KEEP_FREED_MEMORY=0` to leave glibc's defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ THRESHOLD_BYTES = 1 << 30
 _state: dict[str, bool] = {}
 
 
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or None on another C library."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process (no-op elsewhere or when opted out).
 
@@ -47,14 +60,63 @@ def keep_freed_memory() -> bool:
 def _apply() -> bool:
     if os.environ.get("TRANSFERLAB_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # Trim first: mallopt returns 1 on success; a refused threshold leaves glibc's default.
     trimmed = mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES) == 1
     return bool(trimmed and mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1)
+
+
+def release_freed_memory() -> bool:
+    """Give the free pages glibc holds back to the kernel (`malloc_trim(0)`), at the end of a
+    phase whose freed blocks the next phase will not reuse.
+
+    Only the pages of free blocks go; blocks in use stay where they are. The next phase
+    page-faults its own working set in once, then reuses it as before.
+
+    Returns:
+        True when glibc released memory, False when there was none to release or the process
+        does not run on glibc.
+    """
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim(0) == 1
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now (VmRSS, MiB), or None where /proc does not say."""
+    return _status_mb("VmRSS:")
+
+
+def peak_resident_mb() -> float | None:
+    """This process's peak resident memory (VmHWM, MiB) since it started or since the last
+    `reset_peak_resident`, or None where /proc does not say."""
+    return _status_mb("VmHWM:")
+
+
+def reset_peak_resident() -> bool:
+    """Start a new peak for `peak_resident_mb` (Linux 4.0+: "5" to /proc/self/clear_refs);
+    False where that is not possible (the peak then runs from the process's start)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from transferlab.config import EarlyStoppingConfig
 from transferlab.logs import info, progress
 from transferlab.training.checkpoint import cpu_state_dict, unwrap
-from transferlab.training.cpu_memory import keep_freed_memory
+from transferlab.training.cpu_memory import keep_freed_memory, release_freed_memory
 from transferlab.training.device import Precision, Timer, synchronize
 from transferlab.training.distributed import DistContext, all_reduce_sum
 from transferlab.training.imbalance import balanced_order
@@ -450,8 +450,15 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
             break
         val = None
         if plan.val_batches is not None:
+            # Training and validation allocate different shapes (batch sizes, no autograd): each
+            # starts from what is in use, not from the other's freed blocks, so the heap glibc
+            # keeps stays at the larger of the two instead of growing into both over the first
+            # epochs (own-photos finetune stage, 1,940 photos: 1.98 -> 2.28 GB over two epochs).
+            # Each phase faults its blocks in once per epoch, then reuses them every step.
+            release_freed_memory()
             val = evaluate(model, plan.val_batches, precision=plan.precision,
                            desc=f"{plan.name} val", quiet=plan.quiet)
+            release_freed_memory()
         lr = plan.optimizer.param_groups[0]["lr"]
         row = {
             "stage": plan.name, "epoch": epoch + 1,

@@ -58,6 +58,11 @@ CHECK_IMAGES = 8  # images in ONNX Runtime's check batch
 ORT_SETUP_S = 0.2
 ORT_SETUP_S_PER_MPARAM = 0.035
 ORT_MIN_SPEEDUP = 1.25
+# Input pixels ONNX Runtime runs in one call (16 images at 224 px): a larger batch is run in
+# chunks, so the frozen part's activations (and the heap glibc keeps for them) stay bounded
+# whatever the batch. MobileNetV2 at 224 px held ~1.5 GB of activations at 64 images; its
+# throughput on the CPU is flat from 16 images on.
+ORT_CHUNK_PIXELS = 16 * 224 * 224
 
 
 class PrefixModule(nn.Module):
@@ -231,12 +236,25 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Ten
     # 1,025 not; InceptionV3 at 75 px 485 and 491; MobileNetV2 training above blocks.5 at 224 px
     # 88-101 and 118-120. Against a plain (spinning) session on a ready batch in a tight loop it
     # stays at x0.93-x0.99 (bench/RESULTS.md).
-    session = ort_session(proto.SerializeToString(), threads=torch.get_num_threads(), spin=False)
+    # No arena of its own: ONNX Runtime's arena grows by doubling and keeps a memory plan per
+    # batch shape, a second pool beside glibc's heap, where PyTorch's freed blocks already wait
+    # (cpu_memory). MobileNetV2's own-photos default recipe at 224 px (398 photos) held 4.9 GB
+    # extracting at batch 64 and grew ~300 MB an epoch above blocks.5 (2.2 -> 2.9 GB); without
+    # the arena its top stage stayed at 1.9-2.0 GB.
+    session = ort_session(proto.SerializeToString(), threads=torch.get_num_threads(), spin=False,
+                          arena=False)
     input_name = session.get_inputs()[0].name
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run_chunk(x: torch.Tensor) -> torch.Tensor:
         # ONNX Runtime reads C-contiguous NCHW; a channels-last batch is copied once here.
         return torch.from_numpy(session.run(None, {input_name: x.contiguous().numpy()})[0])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # Bounded activations whatever the batch: at most ORT_CHUNK_PIXELS input pixels a call.
+        per_call = max(1, ORT_CHUNK_PIXELS // (x.shape[-2] * x.shape[-1]))
+        if len(x) <= per_call:
+            return run_chunk(x)
+        return torch.cat([run_chunk(part) for part in x.split(per_call)])
 
     return run
 

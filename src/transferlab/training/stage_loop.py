@@ -22,6 +22,12 @@ from transferlab.training import distributed as dist_utils
 from transferlab.training import features as feats
 from transferlab.training.cache_plan import cache_plan, cached_features
 from transferlab.training.context import RunContext
+from transferlab.training.cpu_memory import (
+    peak_resident_mb,
+    release_freed_memory,
+    reset_peak_resident,
+    resident_mb,
+)
 from transferlab.training.engine import (
     SYNC_EVERY,
     Batches,
@@ -62,6 +68,9 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         prefix, tail = parts
         cached = cached_features(run, stage, prefix, tail, backend=backend, record=choice)
         features = cached.pop("features")
+        # The extraction's activations (and its ONNX Runtime session) are gone; the stage's
+        # steps on features need a small part of what glibc holds for them.
+        release_freed_memory()
         info.update({k: v for k, v in cached.items() if k != "backend" or cached["extracted_images"]})
         trained: nn.Module = tail
         nchw_tail = _nchw_tail(run, tail, tuple(features["train"].shape[1:]), info)
@@ -71,7 +80,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             return Batches(features[split], labels[split], size, shuffle=shuffle, seed=c.seed,
                            epoch=epoch, device=run.device, dist=run.ctx, train=shuffle,
                            balanced=balanced and shuffle)
-        run.stage_features = (stage.train, trained, batches)
+        run.stage_features = (stage.train, trained, batches, feats.frozen_state_hash(run.model, tail))
     else:
         trained = run.model
         # Above a frozen part that cannot be cached, that part still runs forward only: on the
@@ -96,8 +105,9 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                            transform=transform, device=run.device, dist=run.ctx,
                            channels_last=c.channels_last and not nchw_tail, train=shuffle,
                            balanced=balanced and shuffle)
-        # The test pass may use these batches only while the frozen part is the whole run's.
-        run.stage_features = (stage.train, trained, batches) if fast is not None else None
+        # The test pass may use these batches while best.pt's frozen part is this one (summary).
+        run.stage_features = ((stage.train, trained, batches, feats.frozen_state_hash(run.model, trained))
+                              if fast is not None else None)
 
     # Shuffle order and augmentation seeds mix in the stage index: each stage sees its own order.
     def train_batches(epoch: int) -> Batches:
@@ -165,6 +175,10 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
 
     def on_epoch(row: dict[str, Any], progress: StageProgress) -> None:
         state.progress = progress
+        # Resident memory after the epoch (its steps and validation done, their freed blocks
+        # handed back: `fit`) and its peak during the epoch: both flat from epoch to epoch when
+        # nothing leaks (bench/memory.py, tests/test_memory.py).
+        row["rss_mb"], row["rss_peak_mb"] = resident_mb(), peak_resident_mb()
         state.rows.append(row)
         global_epoch = len(state.rows)
         if run.writer is not None:
@@ -184,12 +198,17 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             raise KeyboardInterrupt
         if not c.quiet:
             run.log(_format_row(row))
+        reset_peak_resident()  # the next epoch's peak is its own
 
+    reset_peak_resident()  # the first epoch's peak is its own, not the set-up's
     try:
         progress = fit(plan, state.progress, on_epoch=on_epoch, on_step=on_step, log=run.log)
     finally:
         if nchw_tail:
             run.model.to(memory_format=torch.channels_last)
+        # The next stage (or the test pass) allocates other shapes: give this stage's freed
+        # blocks back rather than carry its peak into the rest of the run.
+        release_freed_memory()
     epoch_rows = [r for r in state.rows if r["stage"] == stage.name]
     info.update({
         "epochs": progress.epoch, "stopped": progress.stopped,

@@ -12,6 +12,7 @@ from transferlab.io import atomic_write, atomic_write_text
 from transferlab.models import count_parameters
 from transferlab.training import checkpoint as ckpt
 from transferlab.training import distributed as dist_utils
+from transferlab.training import features as feats
 from transferlab.training.context import RunContext
 from transferlab.training.device import library_versions
 from transferlab.training.engine import evaluate
@@ -139,9 +140,13 @@ def _split_pass(run: RunContext, split: str) -> Any:
     """Evaluate the loaded best weights on a whole split (every rank, logits in order)."""
     c = run.config
     cached = run.stage_features
-    if cached is not None and all(s.train == cached[0] for s in c.stages):
-        # The frozen part never changed during the run, so its cached features still apply.
-        _, module, batches = cached
+    if cached is not None and (all(s.train == cached[0] for s in c.stages)
+                               or feats.frozen_state_hash(run.model, cached[1]) == cached[3]):
+        # best.pt's frozen part is the one the last stage cached or runs on a fast engine (it
+        # never changed during the run, or best.pt holds the same weights there: the finetune
+        # recipe's head stage trains above it), so the pass goes through it too instead of
+        # running the whole model eagerly (at 224 px that held over 1 GB more at batch 64).
+        _, module, batches, _ = cached
         data = batches(split, c.eval_batch(), False)
     else:
         module = run.model
