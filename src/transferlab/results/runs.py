@@ -26,6 +26,8 @@ SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 NUMERIC_FIELDS = (
     "test_acc1",
     "test_acc5",
+    "test_bal_acc",
+    "test_macro_f1",
     "epoch_time_s",
     "eval_time_s",
     "val_time_s",
