@@ -170,3 +170,77 @@ def test_every_backbone_family_gives_a_heatmap_from_its_last_feature_stage(name,
         handle.remove()
     assert maps.shape == (2, 20, 24) and np.isfinite(maps).all()
     assert seen and len(seen[0]) == 4 and seen[0][1] == model.num_features
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run (benchmark CNN, two epochs) with best.pt and its predictions."""
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--dataset", "synthetic:classes=4,train=80,test=24,size=16",
+                 "--set", "stages.0.epochs=2", "--out-dir", str(out), "--run-name", "r",
+                 "--quiet"]) == 0
+    return out / "r"
+
+
+def test_evaluate_writes_the_gallery_with_heatmaps_of_a_trained_run(trained_run, tmp_path, capsys):
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", str(trained_run), "--out", str(out)]) == 0
+    record = json.loads((out / "evaluation.json").read_text())
+    gallery = record["gallery"]
+    assert gallery["heatmaps"] is True and gallery["note"] == ""
+    npz = np.load(trained_run / "predictions_test.npz")
+    loss = losses(npz["logits"], npz["labels"])
+    top = gallery["sections"][0]
+    assert top["key"] == "top_losses"
+    assert [i["index"] for i in top["items"]] == list(np.argsort(-loss, kind="stable")[:12])
+    for section in gallery["sections"]:
+        assert (out / record["files"][f"gallery_{section['key']}"]).stat().st_size > 5000
+    assert record["calibration"]["temperature"] == pytest.approx(float(npz["temperature"]))
+    # --no-heatmaps draws the photos alone.
+    assert main(["evaluate", str(trained_run), "--out", str(tmp_path / "plain"),
+                 "--no-heatmaps"]) == 0
+    plain = json.loads((tmp_path / "plain" / "evaluation.json").read_text())
+    assert plain["gallery"]["heatmaps"] is False
+
+
+def test_report_shows_gallery_reliability_and_coverage_and_renders(trained_run, tmp_path):
+    from tests.test_report import RENDER_PROBE, TagChecker, _chromium, _render
+    from transferlab.report import write_report
+
+    paths = write_report([trained_run], tmp_path / "report", data_figures=False)
+    text = paths.markdown.read_text()
+    for figure in ("reliability_r.png", "gallery_top_losses_r.png", "confusion_r.png"):
+        assert (paths.figures / figure).is_file() and figure in text
+    assert "Expected calibration error" in text and "min. confidence P" in text
+    assert "| class | precision | recall | F1 | test images |" in text
+    assert not (trained_run / "evaluation").exists()  # the report never writes into a run
+    checker = TagChecker()
+    checker.feed(paths.html.read_text())
+    assert len(checker.images) >= 5
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on PATH; the headless render is not checked")
+    page = tmp_path / "probed.html"
+    page.write_text(paths.html.read_text().replace("</body>", RENDER_PROBE + "</body>"))
+    probe = _render(browser, page, 1366, 768, tmp_path / "shot.png")
+    broken = [i["alt"] for i in probe["images"] if not (i["complete"] and i["natural_width"] > 0)]
+    assert len(probe["images"]) == len(checker.images) and not broken
+    assert probe["scroll_width"] <= probe["viewport"]
+
+
+def test_report_reads_the_runs_own_evaluation_when_current(trained_run, tmp_path):
+    from transferlab.report import write_report
+
+    own = trained_run / "evaluation"
+    try:
+        assert main(["evaluate", str(trained_run), "--no-gallery"]) == 0
+        record = json.loads((own / "evaluation.json").read_text())
+        record["test_bal_acc"] = 0.123456  # a mark only the run's own file carries
+        (own / "evaluation.json").write_text(json.dumps(record))
+        text = write_report([trained_run], tmp_path / "report", data_figures=False).markdown.read_text()
+        assert "balanced accuracy 12.3%" in text
+        assert not (tmp_path / "report" / "evaluations").exists()
+    finally:
+        import shutil
+
+        shutil.rmtree(own, ignore_errors=True)

@@ -207,7 +207,7 @@ def gallery_figure(images: np.ndarray, items: Sequence[Any],
     panels = 3 if heatmaps else 1
     rows = max(1, math.ceil(len(items) / per_row))
     cols = per_row * panels
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.15 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for n, it in enumerate(items):
