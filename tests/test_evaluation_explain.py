@@ -244,3 +244,34 @@ def test_report_reads_the_runs_own_evaluation_when_current(trained_run, tmp_path
         import shutil
 
         shutil.rmtree(own, ignore_errors=True)
+
+
+def test_predict_explain_writes_a_heatmap_per_image(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, size=(20, 24, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    out = tmp_path / "explained"
+    assert main(["predict", *images, "--weights", str(trained_run / "best.pt"),
+                 "--explain", str(out), "--device", "cpu"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["0000_a_gradcam.png", "0001_b_gradcam.png"]
+    with Image.open(out / written[0]) as shot:
+        assert shot.size[0] > 300
+    assert f"wrote the heatmaps into {out}" in capsys.readouterr().out
+
+
+def test_predict_explain_refuses_an_onnx_graph(tmp_path):
+    from transferlab.errors import TransferlabError
+    from transferlab.evaluation.explain import explain_files
+
+    class Graph:  # what an exported model offers: a call and preprocessing, no feature stages
+        num_classes = 2
+
+    with pytest.raises(TransferlabError, match="not an exported ONNX graph"):
+        explain_files(Graph(), ["x.png"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -48,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    parser.add_argument(
+        "--explain", metavar="DIR", default=None,
+        help="also write a Grad-CAM heatmap of the predicted class for each image into DIR "
+        "(needs best.pt or weights, not .onnx, and captum: pip install \"transferlab[explain]\")",
+    )
     config_flag(parser, "max_image_pixels")
     parser.set_defaults(func=run)
     return parser
@@ -66,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
         model, images, top=args.top, batch_size=args.batch_size, device=device,
         max_pixels=args.max_image_pixels,
     )
+    if args.explain:
+        from pathlib import Path
+
+        from transferlab.evaluation.explain import explain_files
+
+        explain_files(model, images, Path(args.explain), device=device,
+                      max_pixels=args.max_image_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
@@ -73,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
         print(prediction.image)
         for rank, score in enumerate(prediction.top, start=1):
             print(f"  {rank}. {score.prob:7.2%}  {score.name} ({score.index})")
+    if args.explain:
+        print(f"wrote the heatmaps into {args.explain}")
     return 0

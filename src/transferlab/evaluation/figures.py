@@ -232,3 +232,18 @@ def gallery_figure(images: np.ndarray, items: Sequence[Any],
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def heatmap_figure(image: np.ndarray, cam: np.ndarray, title: str = "") -> Figure:
+    """An image beside the same image under its class-activation heatmap (`predict --explain`)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    left.imshow(image)
+    right.imshow(image)
+    right.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    for ax, label in ((left, "as the model saw it"), (right, "Grad-CAM of the predicted class")):
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
