@@ -12,6 +12,10 @@ it) from the repository root, and gets `bench/GPU_RESULTS.md`:
 3. quick study: ``transferlab compare --config configs/quick.yaml`` on ../shared's CIFAR-10 copy
    and weights, ``--device cuda``.
 
+Where ../shared is absent (it is outside the repository), the bench runs on generated JPEGs and
+the study on synthetic CIFAR-10-sized data with random weights (``--set pretrained=false``):
+every path and time of the study, no meaningful accuracy; the results say so.
+
 Each step runs in its own process group under a time limit (the whole check is sized to finish
 in under 8 minutes on one H100 / H200), its output goes to a log, and a failed or timed-out step is
 recorded and the check goes on. The results file is written after every step, so even a check
@@ -60,6 +64,8 @@ REQUIRED_MODULES = ("transferlab", "torch", "torchvision", "timm", "safetensors"
                     "matplotlib", "PIL", "tqdm", "filelock", "onnx", "onnxscript", "onnxruntime",
                     "tensorboard", "pytest")
 RESULTS_NAME = "GPU_RESULTS.md"
+TITLES = {"gpu_tests": "the CUDA tests (pytest -m gpu)", "bench": "bench/run.py --quick",
+          "study": "the quick study (transferlab compare)"}
 
 
 @dataclass
@@ -533,8 +539,9 @@ def bench_rows(results: Path) -> tuple[list[dict], dict[str, str]]:
 
 
 def bench_table(rows: list[dict]) -> str:
-    """transferlab's figure of every bench row (the Keras column only where the peer ran)."""
-    lines = ["| section | measurement | setting | transferlab | Keras |", "| --- | --- | --- | --- | --- |"]
+    """transferlab's figure of every bench row, and the peer's where it ran (Keras, ONNX Runtime,
+    or for the data pipeline the model it feeds)."""
+    lines = ["| section | measurement | setting | transferlab | peer |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         unit = r.get("unit", "")
         ours = f"{r['ours']:.4g} {unit}" if r.get("ours") is not None else "not run"
@@ -698,6 +705,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; 0 when every step that ran passed (or skipped for want of a GPU), else 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     clock = Clock(args.budget)
     started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
@@ -732,9 +740,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write(False)
     for name, step in steps:
         if first.status == "failed":
-            outcomes.append(Outcome(name, name, "", detail="setup failed: transferlab is not importable"))
+            outcomes.append(Outcome(name, TITLES[name], "", detail="setup failed: transferlab is not importable"))
         elif args.only and name not in args.only:
-            outcomes.append(Outcome(name, name, "", detail="not selected (--only)"))
+            outcomes.append(Outcome(name, TITLES[name], "", detail="not selected (--only)"))
         else:
             print(f"[gpu_check] {name} ({clock.left():.0f} s of the budget left)", flush=True)
             outcomes.append(step(plan, env, clock))

@@ -46,6 +46,17 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _messages_on_stdout() -> Iterator[None]:
+    """transferlab's messages printed as the CLI prints them (`logs.print_messages`), so tests of
+    library functions read them from stdout, as a CLI user sees them. A library alone prints
+    nothing (tests/test_api.py checks that with the handler removed)."""
+    from transferlab.logs import print_messages
+
+    print_messages()
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data/cache root for tests on shared data: $TRANSFERLAB_DATA if set, else a session temp dir."""

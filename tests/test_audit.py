@@ -208,3 +208,14 @@ def test_audit_page_renders_in_headless_chromium(planted: dict, tmp_path: Path) 
     assert len(shown["images"]) >= 7
     broken = [i["alt"] for i in shown["images"] if not (i["complete"] and i["natural_width"] > 0)]
     assert not broken, f"thumbnails that did not load: {broken}"
+
+
+def test_the_python_api_audits_a_plain_folder_path(planted: dict, tmp_path: Path) -> None:
+    import transferlab as tl
+
+    result = tl.audit_data(planted["root"], out=tmp_path / "a", weights=planted["weights"], image_size=32,
+                           data_root=str(planted["tmp"] / "cache"), label_issues=False, quiet=True)
+    assert {f.path for f in result.of_kind("leakage")} == set(planted["copies"])
+    assert (tmp_path / "a" / "audit.csv").is_file()
+    with pytest.raises(TransferlabError, match="unknown audit setting"):
+        tl.audit_data(planted["root"], weights=planted["weights"], threshold=0.5)

@@ -114,7 +114,7 @@ def test_compare_from_rank_fine_tunes_the_best_and_reports_the_rank_correlation(
 
 @pytest.mark.parametrize("args, message", [
     (["--from-rank", "nowhere"], "rank.json not found"),
-    (["--config", "configs/quick.yaml", "--top", "2"], "use it with --from-rank"),
+    (["--config", "configs/quick.yaml", "--top", "2"], "give it with from_rank"),
     (["--from-rank", "RANK", "--top", "0"], "argument --top: 0 must be positive"),
 ])
 def test_compare_from_rank_errors(tmp_path, capsys, args, message):

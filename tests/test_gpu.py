@@ -12,6 +12,8 @@ mean loss over an epoch moves less than its per-step values. They are loose enou
 and strict enough to catch a wrong dtype, a skipped optimiser step, a lost memory format or a
 batch on the wrong device (each of which moves the loss by far more, or fails outright). The
 first GPU run records the measured differences in bench/GPU_RESULTS.md: tighten them from there.
+As a stand-in, the same runs on the CPU with bf16 autocast moved the first epoch's mean training
+loss by 0.016 (its bf16 tolerance here: 0.064) and the test loss by 0.001.
 """
 
 from __future__ import annotations
@@ -156,8 +158,14 @@ def test_cuda_training_with_amp_and_channels_last_matches_the_cpu(
     record_property("img_s", f"cuda {first_cuda['images_per_s']:.0f} cpu {first_cpu['images_per_s']:.0f}")
     for key in ("train_loss", "val_loss"):
         assert _close(first_cuda[key], first_cpu[key], tolerance), (key, first_cuda[key], first_cpu[key])
-    # After two epochs the trajectories may part a little more; the test loss still agrees at
-    # twice the tolerance, and the accuracy within 3 of the 64 test images.
+    # The run learns on the GPU too: the training loss falls in the second epoch (float32 on the
+    # CPU: 1.45 -> 0.99; CPU bf16 autocast: 1.47 -> 1.21). That second epoch is where this tiny
+    # run starts to learn, at a moment rounding shifts, so it is not compared value for value.
+    # The test pass uses best.pt and agrees at twice the tolerance, the accuracy within 3 of
+    # the 64 test images.
+    second_cuda, second_cpu = cuda_rows[1], cpu_rows[1]
+    record_property("train_loss_epoch2", f"cuda {second_cuda['train_loss']:.5f} cpu {second_cpu['train_loss']:.5f}")
+    assert second_cuda["train_loss"] < first_cuda["train_loss"] - 0.1
     cuda_s, cpu_s = summary, _summary(cpu_run)
     record_property("test_loss", f"cuda {cuda_s['test_loss']:.5f} cpu {cpu_s['test_loss']:.5f}")
     assert _close(cuda_s["test_loss"], cpu_s["test_loss"], tuple(2 * t for t in tolerance))

@@ -23,10 +23,12 @@ PACKAGE = "transferlab"
 # models and serve training and the commands; evaluation reads a finished run (its predictions,
 # best.pt, its dataset) and writes RUN_DIR/evaluation/ with its own figures, below the report,
 # which reads those files; results is the shared reader of the files that compare / sweep write
-# and the report reads.
+# and the report reads. The package itself (`import transferlab as tl`) is the public face over
+# the API, so it sits in the api layer, as itself only (`ROOT`).
+ROOT = "transferlab"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("transferlab", "transferlab.errors", "transferlab.io", "transferlab.choices",
-              "transferlab.metrics")),
+    ("base", ("transferlab._version", "transferlab.errors", "transferlab.io", "transferlab.choices",
+              "transferlab.logs", "transferlab.runfiles", "transferlab.metrics")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
     ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",
@@ -36,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                        "transferlab.audit")),
     ("evaluation", ("transferlab.evaluation",)),
     ("report", ("transferlab.report",)),
+    ("api", ("transferlab.api", ROOT)),
     ("commands", ("transferlab.commands", "transferlab.cli", "transferlab.__main__")),
 )
 
@@ -110,11 +113,12 @@ def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
 
 
 def layer_of(module: str, layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS) -> int | None:
-    """Index of the module's layer (longest matching prefix), None when no layer lists it."""
+    """Index of the module's layer (longest matching prefix; the root package matches only
+    itself), None when no layer lists it."""
     best: tuple[int, int] | None = None  # (prefix length, layer index)
     for i, (_, prefixes) in enumerate(layers):
         for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
+            if module == prefix or (prefix != ROOT and module.startswith(prefix + ".")):
                 if best is None or len(prefix) > best[0]:
                     best = (len(prefix), i)
     return None if best is None else best[1]
@@ -159,7 +163,7 @@ def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
 def test_layers_import_downwards_only(graph: dict[str, set[str]]) -> None:
     bad = upward_imports(graph)
     assert not bad, ("upward imports (data -> models -> training -> results -> compare/sweep -> "
-                     "report -> commands):\n" + "\n".join(bad))
+                     "report -> api -> commands):\n" + "\n".join(bad))
 
 
 def test_the_checks_catch_a_circle_and_an_upward_import() -> None:

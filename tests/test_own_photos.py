@@ -59,7 +59,7 @@ def test_default_command_on_a_photo_folder_then_export_and_predict(
     printed = capsys.readouterr().out
     assert "largest logit difference" in printed
     # Mixed-size photos were stored by shorter side and centre crop: new ones must be too.
-    assert "resize the shorter side to 224 px" in printed
+    assert "resize the shorter side to 256 px and crop 256 x 256 at the centre" in printed
     onnx_path = run_dir / "model.onnx"
     assert onnx_path.is_file()
     images = sorted((photos / "val").rglob("*.jpg"))[::6]

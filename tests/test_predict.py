@@ -93,7 +93,9 @@ def test_predict_text_output(tmp_path, capsys):
     images = _images(tmp_path, 1)
     assert main(["predict", *images, "--weights", str(path), "--top", "2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == images[0] and len(out) == 3 and "%" in out[1]
+    # The image and the answer (its top class), then the top classes with probabilities.
+    assert out[0].startswith(f"{images[0]}: ") and len(out) == 3 and "%" in out[1]
+    assert out[0].split(": ")[1] == out[1].split("%")[1].strip().rsplit(" (", 1)[0]
 
 
 def test_predict_errors_are_clear(tmp_path, capsys):
@@ -194,5 +196,5 @@ def test_predict_on_a_run_checkpoint_reproduces_the_runs_test_logits(tmp_path, t
             logits = model.eval()(transform(Image.open(path))[None])[0]
         torch.testing.assert_close(logits, expected[i], rtol=1e-4, atol=1e-5)
         top = predict_images(model, [str(path)], top=1)[0].top[0]
-        probs = expected[i].softmax(0)
+        probs = (expected[i] / model.temperature).softmax(0)  # calibrated by the run's temperature
         assert top.index == int(probs.argmax()) and top.prob == pytest.approx(float(probs.max()), abs=1e-5)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 success, 1 failure, 2 bad input, 130 Ctrl-C,
     141 output into a closed pipe)."""
+    from transferlab.logs import print_messages
+
+    print_messages()  # the library's messages, printed plain on stdout as the CLI always did
     try:
         parser = build_parser()
         try:

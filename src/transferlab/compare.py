@@ -40,6 +40,8 @@ from typing import Any
 
 from transferlab.config import parse_yaml
 from transferlab.errors import TransferlabError
+from transferlab.logs import info
+from transferlab.runfiles import is_finished
 
 COMPARE_KEYS = {"title", "description", "shared", "models"}
 ENTRY_KEYS = {"name", "label"}  # entry keys that are not TrainConfig fields
@@ -150,7 +152,7 @@ class PlannedRun:
     @property
     def finished(self) -> bool:
         """True when the run directory already holds its summary."""
-        return (self.run_dir / "summary.json").is_file()
+        return is_finished(self.run_dir)
 
 
 def plan_runs(
@@ -216,7 +218,7 @@ def run_compare(
     sets: Sequence[str] = (),
     only: Sequence[str] | None = None,
     train_fn: TrainFn = default_train_fn,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> list[Path]:
     """Train every model of a comparison and write the comparison table.
 

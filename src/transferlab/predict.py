@@ -1,12 +1,12 @@
 """Top-k predictions on image files, with each model's own preprocessing and class names.
 
-Images are prepared exactly as the weights expect, from the model's `pretrained_cfg`: for
-ImageNet-style weights timm's evaluation transform (resize to input_size / crop_pct, centre
-crop, normalise with the weights' mean and std); for a transferlab run's `best.pt`
-(``crop_mode="squash"``) the run's own evaluation transform (`BatchTransform`: the whole image
-resized to the run's input size, then normalised), so a file gives the predictions it gave
-where it came from. An exported `.onnx` file (`transferlab export`) is run with ONNX Runtime,
-with the same resize, from the preprocessing and class names in its metadata.
+Images are prepared by the one preprocessing path (`data.preprocess.Preprocess`) from the
+model's `pretrained_cfg`: for a transferlab run's `best.pt` the run's own test pass (the file
+decoded to the stored size by the dataset's decoder, then the batch resize and normalisation),
+so a file of the run's test split gives the logits it gave there; for ImageNet-style weights
+timm's evaluation rule (shorter side to input_size / crop_pct, centre crop, normalise). An
+exported `.onnx` file (`transferlab export`) is run with ONNX Runtime on the same resized
+pixels, from the preprocessing and class names in its metadata.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import ImageNetInfo, create_transform
+from timm.data import ImageNetInfo
 
 from transferlab.choices import IMAGE_SUFFIXES
 from transferlab.data.images import max_image_pixels
+from transferlab.data.preprocess import Preprocess
 from transferlab.errors import TransferlabError
-from transferlab.export import OnnxClassifier
+from transferlab.export import ExportedClassifier, OnnxClassifier, TorchScriptClassifier
 from transferlab.models import (
     PreprocessConfig,
     TransferModel,
@@ -36,8 +37,10 @@ from transferlab.models import (
 )
 
 IMAGENET_CLASSES = 1000
+UNKNOWN = "unknown"  # the answer below min_confidence
 ONNX_SUFFIX = ".onnx"
-Predictor = TransferModel | OnnxClassifier
+TORCHSCRIPT_SUFFIX = ".torchscript.pt"  # `transferlab export --format torchscript`
+Predictor = TransferModel | OnnxClassifier | TorchScriptClassifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,41 +58,28 @@ class Prediction:
 
     image: str
     top: list[ClassScore]
+    answer: str = ""  # the top-1 class, or UNKNOWN when its probability is below min_confidence
 
     def to_dict(self) -> dict[str, Any]:
-        """`{"image": PATH, "top": [{"index", "name", "prob"}, ...]}` (the `--json` format)."""
+        """`{"image": PATH, "top": [{"index", "name", "prob"}, ...], "answer": NAME}` (`--json`)."""
         return dataclasses.asdict(self)
 
 
 def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised (3, H, W) tensor, as the model's weights expect."""
-    if cfg.crop_mode == "squash":
-        from transferlab.data.transforms import BatchTransform
+    """PIL image -> normalised (3, H, W) tensor, as the run's (or the weights') test pass prepares it.
 
-        # The transform training and evaluation used (torch resize with antialias), not PIL's
-        # resize, so predictions equal the run's own on the same pixels.
-        batch = BatchTransform(cfg.input_size, mean=cfg.mean, std=cfg.std,
-                               interpolation=cfg.interpolation, augment="none").eval()
-
-        def transform(image: Image.Image) -> torch.Tensor:
-            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())
-            return batch(pixels[None])[0]
-
-        return transform
-    return create_transform(
-        input_size=(3, *cfg.input_size),
-        is_training=False,
-        interpolation=cfg.interpolation,
-        mean=cfg.mean,
-        std=cfg.std,
-        crop_pct=cfg.crop_pct,
-        crop_mode=cfg.crop_mode,
-    )
+    Both steps of `data.preprocess.Preprocess`: the stored-size rule, then the batch resize and
+    normalisation. A file path given to `Preprocess` directly is decoded exactly as the run's
+    dataset decoded it (this takes an image already decoded).
+    """
+    prepare = Preprocess(cfg)
+    return lambda image: prepare([image])[0]
 
 
 def pixel_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> (3, H, W) float in [0, 1], resized as `eval_transform` resizes, not normalised."""
-    return eval_transform(dataclasses.replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    prepare = Preprocess(cfg)
+    return lambda image: prepare.resized([image])[0].permute(2, 0, 1).float().div(255.0)
 
 
 def expand_images(paths: Sequence[str | Path]) -> list[str]:
@@ -127,12 +117,13 @@ def class_names(model: Predictor) -> list[str]:
     return [str(i) for i in range(model.num_classes)]
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | Path | Image.Image, max_pixels: int | None = None) -> Image.Image:
     """An upright RGB PIL image, decoded as the dataset loaders decode (EXIF orientation applied,
-    transparency on white, 16-bit scaled).
+    transparency on white, 16-bit scaled). An image already in memory (a PIL image) is converted
+    the same way.
 
     Args:
-        path: the image file.
+        path: the image file, or a PIL image.
         max_pixels: refuse a file whose header claims more pixels (a decompression bomb);
             None: $TRANSFERLAB_MAX_IMAGE_PIXELS, else the default limit.
 
@@ -141,6 +132,8 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """
     from transferlab.data.images import decode_failure, open_image, to_rgb
 
+    if isinstance(path, Image.Image):
+        return to_rgb(path.copy())  # exif_transpose works in place: leave the caller's image be
     if not Path(path).exists():
         raise TransferlabError(f"image {path} not found; check the path")
     limit = max_image_pixels(max_pixels)
@@ -156,45 +149,53 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
 @torch.no_grad()
 def predict_images(
     model: Predictor,
-    images: Sequence[str | Path],
+    images: Sequence[str | Path | Image.Image],
     top: int = 5,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     max_pixels: int | None = None,
+    min_confidence: float | None = None,
 ) -> list[Prediction]:
-    """Top-`top` classes with softmax probabilities for each image file, in input order.
+    """Top-`top` classes with probabilities for each image file (or PIL image), in input order.
 
-    An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says. Images whose
-    header claims more than `max_pixels` pixels are refused (see `load_image`).
+    The probabilities are softmax(logits / T) with the model's temperature T (fitted by its run
+    on the validation split; 1 for weights without one), so a 0.9 means about 90% right. An image
+    whose top-1 probability is below `min_confidence` is answered UNKNOWN (its top classes are
+    still listed). An `OnnxClassifier` runs with ONNX Runtime on the CPU whatever `device` says.
+    Images whose header claims more than `max_pixels` pixels are refused (see `load_image`).
     """
     if top < 1:
         raise TransferlabError(f"top must be >= 1, got {top}")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise TransferlabError(f"min_confidence must be a probability in [0, 1], got {min_confidence}")
     if batch_size < 1:
         raise TransferlabError(f"batch_size must be >= 1, got {batch_size}")
     limit = max_image_pixels(max_pixels)
     top = min(top, model.num_classes)
     names = class_names(model)
-    onnx = isinstance(model, OnnxClassifier)
-    if onnx:
-        # The exported graph normalises; it takes float pixels NHWC in [0, 255].
-        transform = pixel_transform(model.pretrained_cfg)
-    else:
-        transform = eval_transform(model.pretrained_cfg)
+    onnx = isinstance(model, ExportedClassifier)
+    # One preprocessing path (data/preprocess.py): each file decoded to the stored size by the
+    # dataset's own decoder, then the run's batch resize; normalisation here for a PyTorch model,
+    # in the graph for an exported one, which takes the resized pixels as float in [0, 255].
+    prepare = Preprocess(model.pretrained_cfg, max_pixels=limit)
+    temperature = float(getattr(model, "temperature", 1.0) or 1.0)
+    if not onnx:
         model = model.to(device).eval()
     results: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         paths = images[start : start + batch_size]
-        batch = torch.stack([transform(load_image(p, limit)) for p in paths])
         if onnx:
-            pixels = (batch.permute(0, 2, 3, 1) * 255.0).numpy()
+            pixels = prepare.resized(paths).numpy().astype(np.float32)
             logits = torch.from_numpy(model(pixels))
         else:
-            logits = model(batch.to(device))
-        probs = logits.float().softmax(dim=1)
+            logits = model(prepare(paths).to(device))
+        probs = (logits.float() / temperature).softmax(dim=1)
         values, indices = probs.topk(top, dim=1)
         for path, vals, idxs in zip(paths, values.tolist(), indices.tolist(), strict=True):
             scores = [ClassScore(i, names[i], round(v, 6)) for v, i in zip(vals, idxs, strict=True)]
-            results.append(Prediction(str(path), scores))
+            # Decided on the unrounded probability, so "below P" is exact.
+            sure = min_confidence is None or vals[0] >= min_confidence
+            results.append(Prediction(str(path), scores, scores[0].name if sure else UNKNOWN))
     return results
 
 
@@ -210,7 +211,7 @@ def load_predict_model(
         model_name: registry name; may be omitted for a transferlab checkpoint or export (they
             record it).
         weights: a transferlab `best.pt`, a `transferlab export` file (.onnx runs with ONNX
-            Runtime), or a weights file with a classifier (e.g. ImageNet).
+            Runtime, .torchscript.pt with TorchScript), or a weights file with a classifier (e.g. ImageNet).
         weights_dir: a folder holding a weights file for `model_name` (see `create_model`).
         pretrained: download timm's ImageNet weights instead.
 
@@ -225,6 +226,13 @@ def load_predict_model(
                 f"{weights} holds a {onnx_model.model_name} model, not {model_name}; drop --model"
             )
         return onnx_model
+    if weights is not None and str(weights).endswith(TORCHSCRIPT_SUFFIX):
+        scripted = TorchScriptClassifier(weights)
+        if model_name is not None and model_name != scripted.model_name:
+            raise TransferlabError(
+                f"{weights} holds a {scripted.model_name} model, not {model_name}; drop --model"
+            )
+        return scripted
     if weights is not None and Path(weights).suffix == ".safetensors" and model_name is None:
         # A `transferlab export --format safetensors` file names its model.
         source = read_weights(weights)

@@ -31,8 +31,10 @@ from transferlab.compare import TrainFn, default_train_fn
 from transferlab.config import parse_yaml
 from transferlab.errors import TransferlabError
 from transferlab.io import check_dir_path
+from transferlab.logs import info
 from transferlab.results.runs import load_run, read_metrics
 from transferlab.results.sweeps import SWEEP_FILE
+from transferlab.runfiles import is_finished
 
 STAGE_KEY = re.compile(r"^stages\.([^.]+)\.")
 
@@ -168,7 +170,7 @@ def run_sweep(
     grid: Mapping[str, Sequence[Any]],
     out_dir: Path,
     train_fn: TrainFn = default_train_fn,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = info,
 ) -> list[SweepRow]:
     """Train every grid point of `base` (a TrainConfig) into `out_dir` and write the sweep table.
 
@@ -186,7 +188,7 @@ def run_sweep(
     rows: list[SweepRow] = []
     for i, (params, config) in enumerate(zip(points, configs, strict=True)):
         run_dir = out_dir / config.run_name
-        if (run_dir / "summary.json").is_file():
+        if is_finished(run_dir):
             log(f"[{i + 1}/{len(points)}] {config.run_name}: finished earlier, skipped")
         else:
             log(f"[{i + 1}/{len(points)}] {config.run_name}: training")

@@ -20,6 +20,7 @@ import torch
 
 from transferlab.data.cache import data_root, load_arrays, save_arrays
 from transferlab.data.dataset import ArrayRows, ImageDataset
+from transferlab.logs import info
 
 AUTO_UPSCALE = 3  # input size: at most this many times the stored images' size ...
 AUTO_MIN_SIZE = 128  # ... and at least this: at 96 px a resized copy of a 32 px photo scored 0.89
@@ -97,7 +98,7 @@ def build_backbone(model: str, weights: str | Path | None, pretrained: bool,
 
 def describe(dataset: ImageDataset, backbone: Backbone, *, batch_size: int = 256,
              cache_root: str | Path | None = None, backend: str = "auto", quiet: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+             log: Callable[[str], None] = info) -> dict[str, np.ndarray]:
     """{split: (N, D) float32 descriptors} for every split of `dataset`, from the cache if there."""
     from transferlab.training import features as feats
     from transferlab.training.device import select_precision

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ from transferlab.data import duplicates as dup
 from transferlab.data.dataset import ImageDataset
 from transferlab.errors import TransferlabError
 from transferlab.io import check_dir_path
-
-log = logging.getLogger("transferlab")
+from transferlab.logs import info
 
 SPLIT_ORDER = ("train", "val", "test")  # the copy kept from a duplicate group is the earliest here
 DEFAULT_MODEL = "mobilenet_v2"  # the backbone of the README's first example
@@ -123,10 +121,10 @@ def audit_dataset(options: AuditOptions, dataset: ImageDataset | None = None) ->
     backbone = build_backbone(options.model, weights, options.pretrained, ds.image_size,
                               options.input_size, device)
     result.settings.update(weights=backbone.weights, input_size=list(backbone.input_size))
-    log.info(f"audit of {ds.name}: {len(labels):,} images ({', '.join(f'{s} {len(ds[s]):,}' for s in splits)}), "
+    info(f"audit of {ds.name}: {len(labels):,} images ({', '.join(f'{s} {len(ds[s]):,}' for s in splits)}), "
              f"{k} classes; describing them with {options.model} at {backbone.input_size[0]} px")
     features = describe(ds, backbone, batch_size=options.batch_size, cache_root=options.data_root,
-                        quiet=options.quiet, log=log.info)
+                        quiet=options.quiet, log=info)
     pooled = np.concatenate([features[s] for s in splits])
     timings["features_s"] = time.perf_counter() - t0
 

@@ -21,6 +21,17 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def probability(text: str) -> float:
+    """argparse type: a number in [0, 1] (a confidence threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a probability such as 0.8") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)

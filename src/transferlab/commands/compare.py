@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.commands._common import config_flag, positive_int
-from transferlab.errors import TransferlabError
 
 # Flags shared by compare and sweep: they set the same TrainConfig field on every run.
 SHARED_FLAGS = ("dataset", "data_root", "cache_dir", "weights_dir", "device", "train_fraction", "exclude",
@@ -62,27 +61,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Train the comparison and print where it went."""
-    from transferlab.compare import load_compare_config, run_compare
+    from transferlab.api import compare_models
 
-    if args.from_rank is not None:
-        if args.weights_dir is not None:
-            raise TransferlabError("--from-rank uses the weights the ranking scored; drop --weights-dir")
-        from transferlab.ranking.to_compare import compare_config_from_rank
-
-        config = compare_config_from_rank(args.from_rank, 3 if args.top is None else args.top,
-                                          out_dir=args.out)
-    else:
-        if args.top is not None:
-            raise TransferlabError("--top picks models of a ranking; use it with --from-rank RANK_DIR")
-        config = load_compare_config(args.config)
-    finished = run_compare(config, args.out, seeds=args.seeds, overrides=shared_overrides(args),
-                           sets=args.sets, only=args.only)
+    compare_models(args.config, args.out, from_rank=args.from_rank, top=args.top, seeds=args.seeds,
+            only=args.only, report=not args.no_report, sets=args.sets,
+            **{k: v for k, v in shared_overrides(args).items() if v is not None})
     out = Path(args.out)
-    if not args.no_report:
-        from transferlab.report import write_report
-
-        write_report(finished, out, title=config.title, description=config.description,
-                     labels={e.name: e.label for e in config.entries})
     print(f"wrote {out / 'comparison.csv'}" + ("" if args.no_report else
           f", {out / 'REPORT.md'} and {out / 'report.html'}"))
     return 0

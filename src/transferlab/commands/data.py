@@ -73,31 +73,12 @@ def _run_splits(args: argparse.Namespace, labels: Any) -> dict[str, Any] | None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    import numpy as np
+    from transferlab.api import data_info
 
-    ds = dataset_from_args(args)
-    counts = ds.class_counts()
-    carved = _run_splits(args, ds["train"].labels)
-    if carved:
-        counts = {
-            **{k: np.bincount(v, minlength=ds.num_classes) for k, v in carved.items()},
-            **{k: v for k, v in counts.items() if k != "train"},
-        }
-    h, w = ds.image_size
-    print(f"{ds.name}: {ds.num_classes} classes, {h}x{w} RGB images")
-    sources = dict(ds.split_sources)
-    if carved:
-        sources["val"] = f"carved from {sources.get('train', 'the training split')}"
-    for split, c in counts.items():
-        source = sources.get(split)
-        print(f"  {split:<5} {int(c.sum()):>7,} images  ({c.min():,} to {c.max():,} per class)"
-              + (f"  from {source}" if source else ""))
-    if ds.coarse_classes:
-        print(f"  coarse labels: {len(ds.coarse_classes)} superclasses (use --labels coarse)")
-    name_width = max(len(c) for c in ds.classes)
-    print(f"\n  {'class':<{name_width}} " + " ".join(f"{s:>7}" for s in counts))
-    for i, name in enumerate(ds.classes):
-        print(f"  {name:<{name_width}} " + " ".join(f"{int(c[i]):>7,}" for c in counts.values()))
+    print(data_info(args.dataset, data_root=args.data_root, image_size=args.image_size,
+                    labels=args.labels, workers=args.workers, val_fraction=args.val_fraction,
+                    train_fraction=args.train_fraction, seed=args.seed,
+                    max_image_pixels=args.max_image_pixels))
     return 0
 
 
@@ -116,20 +97,21 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from transferlab.audit import AuditOptions, run_audit, summary_lines
+    from pathlib import Path
 
-    options = AuditOptions(args.dataset, data_root=args.data_root, image_size=args.image_size,
-                           workers=args.workers, model=args.model or AuditOptions.model,
-                           weights=args.weights, weights_dir=args.weights_dir, pretrained=args.pretrained,
-                           input_size=args.input_size, device=args.device,
-                           max_image_pixels=args.max_image_pixels,
-                           label_issues=not args.no_labels, quiet=args.quiet)
-    result, paths = run_audit(options, args.out)
+    from transferlab.api import audit_data
+    from transferlab.audit import AuditOptions, summary_lines
+
+    result = audit_data(args.dataset, out=args.out, weights=args.weights, weights_dir=args.weights_dir,
+                   pretrained=args.pretrained, data_root=args.data_root, image_size=args.image_size,
+                   workers=args.workers, model=args.model or AuditOptions.model,
+                   input_size=args.input_size, device=args.device, label_issues=not args.no_labels,
+                   max_image_pixels=args.max_image_pixels, quiet=args.quiet)
     for line in summary_lines(result):
         print(line)
-    print(f"wrote {paths['html']} (open it in a browser), {paths['csv']} and {paths['json']}")
-    flagged = sum(result.count(k) for k in ("leakage", "duplicate", "label_conflict"))
-    if flagged:
-        print(f"to train without the flagged copies: transferlab train ... --exclude {paths['csv']} "
+    out = Path(args.out)
+    print(f"wrote {out / 'audit.html'} (open it in a browser), {out / 'audit.csv'} and {out / 'audit.json'}")
+    if any(result.count(k) for k in ("leakage", "duplicate", "label_conflict")):
+        print(f"to train without the flagged copies: transferlab train ... --exclude {out / 'audit.csv'} "
               "(edit the CSV first to keep any row's file)")
     return 0

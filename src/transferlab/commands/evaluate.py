@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=f"output folder (default RUN_DIR/{EVALUATION_DIR})")
     parser.add_argument("--pairs", type=non_negative_int, default=20, help="most-confused pairs to list (default 20)")
     parser.add_argument("--device", default=None,
-                        help="device for best.pt (default cuda if available, else cpu)")
+                        help="device for best.pt (default auto: cuda, then mps, then cpu)")
     parser.add_argument("--no-figures", action="store_true",
                         help="skip the PNG figures (confusion, reliability, gallery)")
     parser.add_argument("--no-gallery", action="store_true",
@@ -41,14 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the files and print the tables."""
+    from transferlab.api import Run
     from transferlab.errors import TransferlabError
-    from transferlab.evaluation import evaluate_run, write_evaluation
+    from transferlab.evaluation import write_evaluation
     from transferlab.evaluation.gallery import gallery_for_run
     from transferlab.evaluation.text import evaluation_text
     from transferlab.io import check_dir_path
 
     check_dir_path(args.out or args.run_dir / EVALUATION_DIR, "--out")  # before the predictions
-    result = evaluate_run(args.run_dir, device=args.device, num_pairs=args.pairs)
+    result = Run(args.run_dir).evaluate(device=args.device, pairs=args.pairs)
     gallery_note = ""
     if not (args.no_gallery or args.no_figures):
         if (args.run_dir / "best.pt").is_file():

@@ -6,7 +6,8 @@ import argparse
 import json
 
 from transferlab.choices import IMAGE_SUFFIXES
-from transferlab.commands._common import config_flag, positive_int
+from transferlab.commands._common import config_flag, positive_int, probability
+from transferlab.errors import TransferlabError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,12 +41,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--pretrained", action="store_true", help="timm's ImageNet weights (online)"
     )
     parser.add_argument("--top", type=positive_int, default=5, help="classes to show per image (default 5)")
+    parser.add_argument("--min-confidence", type=probability, default=None, metavar="P",
+                        help="answer 'unknown' when the top class's (calibrated) probability is "
+                             "below P; `transferlab evaluate RUN_DIR` shows the accuracy and share "
+                             "of photos answered at each P")
     parser.add_argument(
         "--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)"
     )
     parser.add_argument(
         "--device", default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available; an .onnx file runs on the CPU)"
+        help="auto, cpu, cuda, cuda:1, mps (default auto: cuda, then mps, then cpu; an exported "
+        ".onnx or .torchscript.pt file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.add_argument(
@@ -60,31 +66,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, predict, print."""
-    import torch
+    from transferlab.api import load
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from transferlab.predict import expand_images, load_predict_model, predict_images
-
-    images = expand_images(args.images)
-    model = load_predict_model(args.model, args.weights, args.weights_dir, args.pretrained)
-    predictions = predict_images(
-        model, images, top=args.top, batch_size=args.batch_size, device=device,
-        max_pixels=args.max_image_pixels,
-    )
+    if args.weights is None and args.weights_dir is None and not args.pretrained:
+        raise TransferlabError("say which weights to use: --weights FILE, --weights-dir DIR or --pretrained")
+    if args.model is None and args.weights is None:
+        raise TransferlabError("--model is required unless --weights is a transferlab checkpoint")
+    classifier = load(args.weights, model=args.model, weights_dir=args.weights_dir,
+                      pretrained=args.pretrained, device=args.device)
+    predictions = classifier.predict(args.images, top=args.top, batch_size=args.batch_size,
+                                     max_pixels=args.max_image_pixels,
+                                     min_confidence=args.min_confidence)
     if args.explain:
         from pathlib import Path
 
         from transferlab.evaluation.explain import explain_files
+        from transferlab.predict import expand_images
 
-        explain_files(model, images, Path(args.explain), device=device,
-                      max_pixels=args.max_image_pixels)
+        explain_files(classifier.model, expand_images(args.images), Path(args.explain),
+                      device=classifier.device, max_pixels=args.max_image_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
     for prediction in predictions:
-        print(prediction.image)
-        for rank, score in enumerate(prediction.top, start=1):
-            print(f"  {rank}. {score.prob:7.2%}  {score.name} ({score.index})")
+        print(f"{prediction.source}: {prediction.label}")
+        for rank, ((name, prob), index) in enumerate(zip(prediction.top, prediction.indices, strict=True),
+                                                     start=1):
+            print(f"  {rank}. {prob:7.2%}  {name} ({index})")
     if args.explain:
         print(f"wrote the heatmaps into {args.explain}")
     return 0

@@ -61,23 +61,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Rank the candidates, print the table and where the files went."""
     # The ranking code imports torch and timm: only when the command runs, not for --help.
-    from transferlab.ranking import RankOptions, format_table, rank_models, resolve_candidates
+    from transferlab.api import rank
+    from transferlab.ranking import format_table
     from transferlab.ranking.rank import RANK_CSV, RANK_FIGURE
 
     if not args.dataset:
         raise TransferlabError("--dataset is required, e.g. --dataset folder:../shared/data/cifar10-jpeg.tar.gz")
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    if args.models is not None and not models:
-        raise TransferlabError("--models is empty; give names such as mobilenet_v2,efficientnet_lite0")
-    candidates, skipped = resolve_candidates(models, args.weights_dir, args.pretrained)
-    options = RankOptions(dataset=args.dataset, exclude=args.exclude, data_root=args.data_root, image_size=args.image_size,
-                          labels=args.labels, workers=args.workers, max_images=args.max_images,
-                          max_image_pixels=args.max_image_pixels,
-                          input_size=args.input_size,
-                          split_seed=args.split_seed, cache_dir=args.cache_dir,
-                          weights_dir=args.weights_dir, batch_size=args.batch_size, device=args.device,
-                          extract_backend=args.extract_backend, quiet=args.quiet)
-    payload = rank_models(options, candidates, skipped, out_dir=args.out)
+    models = args.models.split(",") if args.models is not None else None
+    payload = rank(args.dataset, models, weights_dir=args.weights_dir, pretrained=args.pretrained,
+                   out=args.out, data_root=args.data_root, image_size=args.image_size,
+                   labels=args.labels, workers=args.workers, max_images=args.max_images,
+                   max_image_pixels=args.max_image_pixels, exclude=args.exclude,
+                   input_size=args.input_size, split_seed=args.split_seed, cache_dir=args.cache_dir,
+                   batch_size=args.batch_size, device=args.device,
+                   extract_backend=args.extract_backend, quiet=args.quiet)
     print()
     print(format_table(payload))
     print(f"\n{payload['images_train']} + {payload['images_val']} images, {payload['wall_time_s']:.0f} s; "

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,7 +25,6 @@ from transferlab.config import (
     TrainConfig,
     config_to_dict,
     field_help,
-    load_config,
 )
 from transferlab.errors import TransferlabError
 
@@ -100,33 +97,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
-    """The config from --config, flags and --set."""
+    """The config from --config, flags and --set (the rules are the API's `training_config`)."""
+    from transferlab.api.training import training_config
+
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)
                  if f.name not in _NOT_FLAGS}
     if args.model_kwargs is not None:
         if not isinstance(args.model_kwargs, dict):
             raise TransferlabError("--model-kwargs must be a YAML mapping, e.g. '{drop_rate: 0.2}'")
         overrides["model_kwargs"] = args.model_kwargs
-    if args.weights_dir and args.pretrained is None and not _file_sets(args.config, "pretrained"):
-        # A weights folder on the command line means "use the pretrained weights in it".
-        overrides["pretrained"] = True
-    return load_config(args.config, overrides, args.sets)
-
-
-def _file_sets(path: str | None, key: str) -> bool:
-    """Whether the YAML config file names `key` (so a flag should not second-guess it)."""
-    if not path:
-        return False
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return False  # load_config reports the problem with the file
-    return isinstance(data, dict) and key in data
+    return training_config(overrides, args.config, args.sets)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) and print where the results are."""
-    from transferlab.training import resume_run, train_run
+    from transferlab.api import Run
+    from transferlab.training import train_run
 
     if args.resume:
         from transferlab.training.run import RUNTIME_FIELDS
@@ -138,17 +124,16 @@ def run(args: argparse.Namespace) -> int:
             raise TransferlabError("--resume continues a run with its saved config; only "
                                    f"{', '.join('--' + a.replace('_', '-') for a in sorted(allowed))} "
                                    "may be given with it")
-        run_dir = resume_run(args.resume, **extra)
+        run = Run(args.resume).resume(**extra)
     else:
         config = resolve(args)
         if args.print_config:
             print(yaml.safe_dump(config_to_dict(config), sort_keys=False))
             return 0
-        run_dir = train_run(config)
-    summary = run_dir / "summary.json"
-    if summary.is_file() and not getattr(args, "quiet", False):
-        s = json.loads(summary.read_text())
+        run = Run(train_run(config))
+    s = run.summary
+    if s and not getattr(args, "quiet", False):
         acc5 = f", acc5 {s['test_acc5']:.4f}" if s.get("test_acc5") is not None else ""
         print(f"{s['run_name']}: test acc1 {s['test_acc1']:.4f}{acc5}, "
-              f"{s['epoch_time_s']:.2f} s/epoch -> {run_dir}")
+              f"{s['epoch_time_s']:.2f} s/epoch -> {run.path}")
     return 0

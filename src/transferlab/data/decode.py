@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from transferlab.data.images import SizePlan, decode, header_size, max_image_pixels
 from transferlab.errors import TransferlabError
+from transferlab.logs import progress
 
 # Files per task: large enough that process overhead vanishes, small enough for a smooth
 # progress bar and an even share of work at the end.
@@ -84,8 +84,8 @@ def _run(tasks: list[tuple], fn: Callable, workers: int, desc: str, counts: list
     Ctrl-C the remaining work is cancelled and the workers are stopped at once.
     """
     results: list = [None] * len(tasks)
-    with tqdm(total=sum(counts), desc=desc, unit="img", disable=None, leave=False,
-              dynamic_ncols=True) as bar:
+    with progress(total=sum(counts), desc=desc, unit="img", leave=False,
+                  dynamic_ncols=True) as bar:
         if workers == 1 or len(tasks) <= 1:
             for i, task in enumerate(tasks):
                 results[i] = fn(*task)

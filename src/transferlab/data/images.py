@@ -8,6 +8,7 @@ clips everything above 255 to white), palette, CMYK and the rest through Pillow'
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -39,10 +40,14 @@ class SizePlan:
     Attributes:
         size: stored (height, width).
         resize: False when every image already has `size` (stored as decoded).
+        crop_pct: the share of the resized image's covering side the centre crop keeps: 1.0
+            resizes so the image just covers `size` (the run's stored-size rule); below 1 it
+            resizes to `size` / crop_pct first (timm's evaluation rule for ImageNet weights).
     """
 
     size: tuple[int, int]
     resize: bool
+    crop_pct: float = 1.0
 
 
 class ImageError(TransferlabError):
@@ -172,16 +177,17 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Scale so the image covers `size` (h, w), keeping the aspect ratio, then centre-crop.
+def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int], crop_pct: float = 1.0) -> Image.Image:
+    """Scale so the image covers `size` (h, w) / crop_pct, keeping the aspect ratio, then centre-crop.
 
-    For a square target this is torchvision's evaluation convention (Resize(s) + CenterCrop(s)).
+    For a square target this is torchvision's evaluation convention (Resize(s / crop_pct) +
+    CenterCrop(s)).
     """
     th, tw = size
     w, h = img.size
-    if (w, h) == (tw, th):
+    if (w, h) == (tw, th) and crop_pct == 1.0:
         return img
-    scale = max(th / h, tw / w)
+    scale = max(th / h, tw / w) / crop_pct
     # Resample only the centred region that the crop keeps (Pillow's `box`): the same result as
     # resizing the whole image and then cropping, without computing pixels that are thrown away.
     # Pillow's filters antialias when shrinking (the filter widens with the scale).
@@ -190,13 +196,32 @@ def _shorter_side_then_crop(img: Image.Image, size: tuple[int, int]) -> Image.Im
     return img.resize((tw, th), Image.BICUBIC, box=(left, top, left + bw, top + bh))
 
 
-def decode(path: Path, rel: str, plan: SizePlan, max_pixels: int | None = None) -> np.ndarray:
+def fit(img: Image.Image, plan: SizePlan | None, rel: str = "the image") -> np.ndarray:
+    """An upright RGB image brought to the plan's size, as uint8 (H, W, 3); None keeps its size.
+
+    Raises:
+        ImageError: the image has another size than a no-resize plan says.
+    """
+    if plan is not None:
+        h, w = plan.size
+        if plan.resize:
+            img = _shorter_side_then_crop(img, plan.size, plan.crop_pct)
+        elif img.size != (w, h):
+            raise ImageError(f"{rel} is {img.size[1]}x{img.size[0]}, expected {h}x{w} like the other "
+                             "images; the folder changed while it was being read. Run again.")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode(path: Path, rel: str, plan: SizePlan | None, max_pixels: int | None = None) -> np.ndarray:
     """Decode the file at `path` to a uint8 (H, W, 3) array of the plan's size.
+
+    The one decoder of image files: the dataset cache and `predict` (data/preprocess.py) both
+    call it, so a file gives the same pixels in both.
 
     Args:
         path: the file.
         rel: its name for error messages (relative to the dataset source).
-        plan: the stored size.
+        plan: the stored size; None keeps the decoded size.
         max_pixels: refuse files whose header claims more pixels (see `open_image`); None:
             `max_image_pixels()`.
 
@@ -207,20 +232,14 @@ def decode(path: Path, rel: str, plan: SizePlan, max_pixels: int | None = None) 
     max_pixels = max_image_pixels(max_pixels)
     with open_image(path, rel, max_pixels) as im:
         try:
-            if plan.resize and im.format == "JPEG":
+            if plan is not None and plan.resize and im.format == "JPEG":
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result still covers the
                 # target: a 12-megapixel photo is never decoded in full to be shrunk to 256 px.
-                side = max(plan.size)
+                side = math.ceil(max(plan.size) / plan.crop_pct)
                 im.draft("RGB", (side, side))
             im.load()
             img = to_rgb(im)
         except (Image.DecompressionBombError,  # an animation frame larger than its header
                 UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise decode_failure(path, rel, max_pixels, err) from err
-    h, w = plan.size
-    if plan.resize:
-        img = _shorter_side_then_crop(img, plan.size)
-    elif img.size != (w, h):
-        raise ImageError(f"{rel} is {img.size[1]}x{img.size[0]}, expected {h}x{w} like the other "
-                         "images; the folder changed while it was being read. Run again.")
-    return np.asarray(img, dtype=np.uint8)
+    return fit(img, plan, rel)

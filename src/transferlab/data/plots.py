@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transferlab.data.dataset import ImageDataset
-from transferlab.data.transforms import BatchTransform
+from transferlab.data.preprocess import PreprocessConfig, batch_transform
 from transferlab.io import atomic_write, check_dir_path
 
 
@@ -96,7 +96,9 @@ def plot_augmentations(ds: ImageDataset, path: Path, augment: str = "study", n: 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds["train"]), size=n, replace=False)
     images = torch.from_numpy(ds["train"].images[idx])
-    t = BatchTransform(ds.image_size, mean=(0, 0, 0), std=(1, 1, 1), augment=augment, native_size=ds.image_size).train()
+    # The training transform at the stored size, unnormalised: what augmentation does to the pixels.
+    cfg = PreprocessConfig(input_size=ds.image_size, mean=(0, 0, 0), std=(1, 1, 1), crop_mode="squash")
+    t = batch_transform(cfg, augment=augment, native_size=ds.image_size).train()
     augmented = [t(images, seed=seed + k).permute(0, 2, 3, 1).clamp(0, 1).numpy() for k in range(copies)]
     fig, axes = plt.subplots(n, copies + 1, figsize=(1.6 * (copies + 1), 1.6 * n), squeeze=False)
     for r in range(n):

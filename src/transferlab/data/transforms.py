@@ -190,17 +190,31 @@ class BatchTransform(nn.Module):
         if self.training and self.augment_name != "none":
             x = self.augment(x, seed)
         else:
-            if tuple(x.shape[-2:]) != self.input_size:
-                # Resize the uint8 batch, then scale: torchvision's uint8 antialiased resize (a
-                # channels-last batch, as this permuted NHWC one is) is PIL's own resampling,
-                # 2-4x faster on the CPU than resizing floats (64 images 256 -> 224 px, 2 cores:
-                # 21-23 ms against 80-89 ms; 512 images 32 -> 96 px: 25-29 ms against 59-62 ms),
-                # and on smooth photos within one grey level of the float result.
-                x = TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
-            x = x.float().div_(255.0)
+            x = self._resize_uint8(x).float().div_(255.0)
         if tuple(x.shape[-2:]) != self.input_size:  # an augmentation that kept the stored size
             x = TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
         return (x - self.mean) / self.std
+
+    def _resize_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """A uint8 (B, 3, H, W) batch resized to the input size (unchanged when it has it)."""
+        if tuple(x.shape[-2:]) == self.input_size:
+            return x
+        # Resize the uint8 batch, then scale: torchvision's uint8 antialiased resize (a
+        # channels-last batch, as this permuted NHWC one is) is PIL's own resampling,
+        # 2-4x faster on the CPU than resizing floats (64 images 256 -> 224 px, 2 cores:
+        # 21-23 ms against 80-89 ms; 512 images 32 -> 96 px: 25-29 ms against 59-62 ms),
+        # and on smooth photos within one grey level of the float result.
+        return TF.resize(x, list(self.input_size), interpolation=self.interpolation, antialias=True)
+
+    def resize_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> uint8 (B, h, w, 3) at the input size: the evaluation resize alone.
+
+        What an exported model (which scales and normalises in its graph) is fed: the very
+        pixels `forward` scales and normalises in evaluation mode.
+        """
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 (B, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
+        return self._resize_uint8(images.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, interpolation={self.interpolation.value}, augment={self.augment_name}"

@@ -1,6 +1,6 @@
 """`predict --explain`: the Grad-CAM heatmap of the predicted class over any image file.
 
-The image goes through the model's own preprocessing (`transferlab.predict`), exactly as
+The image goes through the model's own preprocessing (`data.preprocess.Preprocess`), exactly as
 `predict` feeds it; the heatmap is drawn over the resized image the model saw.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from transferlab.errors import TransferlabError
 from transferlab.evaluation.heatmaps import class_activation_maps
@@ -26,16 +24,18 @@ def explain_files(model: Any, paths: Sequence[str | Path], out_dir: Path, device
         paths: image files.
         out_dir: the folder for the PNGs (`NNNN_<stem>_gradcam.png`, numbered in input order).
         device: where to run the model.
-        max_pixels: refuse larger images (see `predict.load_image`).
+        max_pixels: refuse larger images (see `data.images.max_image_pixels`).
 
     Raises:
         TransferlabError: the model is an exported ONNX graph, or captum is missing.
     """
     import torch
 
+    from transferlab.data.images import max_image_pixels
+    from transferlab.data.preprocess import Preprocess
     from transferlab.evaluation import figures
     from transferlab.metrics import softmax
-    from transferlab.predict import class_names, eval_transform, load_image, pixel_transform
+    from transferlab.predict import class_names
 
     if not hasattr(model, "feature_stages"):
         raise TransferlabError("--explain needs the PyTorch model (RUN_DIR/best.pt or a "
@@ -44,21 +44,20 @@ def explain_files(model: Any, paths: Sequence[str | Path], out_dir: Path, device
     out_dir = check_dir_path(out_dir, "--explain folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
-    cfg = model.pretrained_cfg
-    normalise, pixels_of = eval_transform(cfg), pixel_transform(cfg)
+    # predict's one preprocessing path: each file decoded as the run's dataset decoded it.
+    prepare = Preprocess(model.pretrained_cfg, max_pixels=max_image_pixels(max_pixels))
     names = class_names(model)
     temperature = float(getattr(model, "temperature", None) or 1.0)
     written = []
     for n, path in enumerate(paths):
-        image = load_image(path, max_pixels)
-        x = normalise(image)[None].to(device)
-        seen = (pixels_of(image).permute(1, 2, 0).numpy() * 255).round().clip(0, 255)
+        x = prepare([path]).to(device)
+        seen = prepare.resized([path])[0].numpy()
         with torch.no_grad():
             logits = model(x).float().cpu().numpy()
         target = int(logits.argmax())
         prob = float(softmax(logits, temperature)[0, target])
         cam = class_activation_maps(model, x, [target], size=seen.shape[:2])[0]
-        fig = figures.heatmap_figure(seen.astype(np.uint8), cam,
+        fig = figures.heatmap_figure(seen, cam,
                                      f"{Path(path).name}: {names[target]} {100 * prob:.0f}%")
         written.append(figures.save_figure(fig, out_dir / f"{n:04d}_{Path(path).stem}_gradcam.png"))
     return written

@@ -1,8 +1,13 @@
-"""Figures of runs and evaluations (matplotlib Agg backend, no display needed), saved as PNG."""
+"""Figures of runs and evaluations (matplotlib Agg backend, no display needed), saved as PNG.
+
+Functions named `*_figure` return the matplotlib `Figure` (what a notebook shows); the
+`plot_*` functions save one.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +15,10 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+if "ipykernel" not in sys.modules:
+    # Headless: reports are written on servers and in CI. A Jupyter kernel keeps its own inline
+    # backend (also headless), so the figures the API returns show in the notebook.
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,6 +41,12 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
 def plot_confusion_matrix(
     confusion: np.ndarray, classes: Sequence[str], path: Path, title: str = ""
 ) -> Path:
+    """Save `confusion_figure` as a PNG."""
+    return save_figure(confusion_figure(confusion, classes, title), path,
+                       dpi=130 if len(classes) > 20 else 110)
+
+
+def confusion_figure(confusion: np.ndarray, classes: Sequence[str], title: str = "") -> Figure:
     """Row-normalised confusion heatmap with every class name on both axes.
 
     The figure grows with the number of classes (about 0.17 inch per class) and the tick labels
@@ -61,7 +75,8 @@ def plot_confusion_matrix(
     accuracy = np.trace(confusion) / max(confusion.sum(), 1)
     ax.set_title(f"{title}  (top-1 {100 * accuracy:.1f}%)".strip())
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="fraction of the true class")
-    return save_figure(fig, path, dpi=130 if k > 20 else 110)
+    plt.close(fig)  # returned, not left open: pyplot would show it a second time in a notebook
+    return fig
 
 
 def _stage_positions(rows: Sequence[Mapping[str, object]]) -> tuple[list[int], list[tuple[int, str]]]:
@@ -93,6 +108,11 @@ def _column(rows: Sequence[Mapping[str, object]], key: str) -> list[float]:
 def plot_learning_curves(
     rows: Sequence[Mapping[str, object]], path: Path, title: str = ""
 ) -> Path:
+    """Save `learning_curves_figure` as a PNG."""
+    return save_figure(learning_curves_figure(rows, title), path)
+
+
+def learning_curves_figure(rows: Sequence[Mapping[str, object]], title: str = "") -> Figure:
     """Loss and accuracy per epoch for train and validation, with stage boundaries marked."""
     x, starts = _stage_positions(rows)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -119,7 +139,8 @@ def plot_learning_curves(
         ax.legend(fontsize=8, loc="center right")
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path)
+    plt.close(fig)  # returned, not left open (see confusion_figure)
+    return fig
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,44 @@ class Evaluation:
                  "f1": _num(s.f1[i]), "support": int(s.support[i])}
                 for i, name in enumerate(self.classes)]
 
+    def plot_confusion(self, title: str = "", coarse: bool = False) -> Any:
+        """The row-normalised confusion matrix as a matplotlib `Figure` (class names on both axes).
+
+        Args:
+            title: the figure's title (the top-1 accuracy is added).
+            coarse: CIFAR-100's 20 superclasses instead of the fine classes.
+        """
+        from transferlab.evaluation.figures import confusion_figure
+
+        if coarse and self.coarse_confusion is None:
+            raise TransferlabError("this evaluation has no superclasses (CIFAR-100 fine labels only)")
+        if coarse:
+            return confusion_figure(self.coarse_confusion, self.coarse_classes, title)
+        return confusion_figure(self.confusion, self.classes, title)
+
+    def _repr_html_(self) -> str:
+        """Accuracy, per-class scores and the most-confused pairs as tables (Jupyter)."""
+        from html import escape
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None or np.isnan(v) else f"{100 * v:.1f}%"
+
+        def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+            head = "".join(f"<th>{escape(h)}</th>" for h in header)
+            body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+        top5 = f", top-5 {pct(self.test_acc5)}" if self.test_acc5 is not None else ""
+        per_class = [(r["class"], pct(r["precision"]), pct(r["recall"]), pct(r["f1"]), r["support"])
+                     for r in self.per_class_rows()]
+        pairs = [(p.true, p.predicted, p.count, pct(p.fraction_of_true)) for p in self.confused_pairs]
+        return (f"<p><b>test top-1 {pct(self.test_acc1)}{top5}</b>, balanced accuracy "
+                f"{pct(self.test_bal_acc)}, macro-F1 {pct(self.test_macro_f1)} "
+                f"({int(self.confusion.sum()):,} images, from {escape(self.source)})</p>"
+                + table(("class", "precision", "recall", "F1", "test images"), per_class)
+                + ("<p>most-confused pairs</p>" + table(("true", "predicted", "images", "of the true class"), pairs)
+                   if pairs else ""))
+
     def to_dict(self) -> dict:
         """A JSON-ready summary (the full matrices go to CSV files)."""
         out = {
@@ -321,14 +359,14 @@ class RunModel:
 def load_run_model(run_dir: Path, device: str | None = None) -> RunModel:
     """Rebuild the best model of a run from `best.pt` with the dataset's test split.
 
-    The dataset and input size come from the run's `config.yaml` and the normalisation from the
-    model's `pretrained_cfg`, as in training, so the predictions match those the run made.
+    The dataset comes from the run's `config.yaml` and the preprocessing (input size, resize,
+    normalisation) from the model's `pretrained_cfg` through `data.preprocess.batch_transform`,
+    as in training, so the predictions match those the run made.
     """
-    import torch
     import yaml
 
     from transferlab.data import load_dataset
-    from transferlab.data.transforms import BatchTransform
+    from transferlab.data.preprocess import batch_transform
     from transferlab.models import load_checkpoint_model
     from transferlab.training.prepare import run_stored_size
 
@@ -339,7 +377,9 @@ def load_run_model(run_dir: Path, device: str | None = None) -> RunModel:
             f"{run_dir} has no best.pt with config.yaml; "
             "point `transferlab evaluate` at a run directory written by `transferlab train`"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from transferlab.training.device import select_device
+
+    dev = select_device(device or "auto")
     model = load_checkpoint_model(checkpoint, map_location=dev).eval().to(dev)
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
     dataset = load_dataset(
@@ -349,15 +389,8 @@ def load_run_model(run_dir: Path, device: str | None = None) -> RunModel:
         labels=config.get("labels") or "fine",
         target_size=run_stored_size(config),
     )
-    pre = model.pretrained_cfg
-    size = config.get("input_size")
-    input_size = (size, size) if size else tuple(
-        getattr(model, "default_input_size", None) or pre.input_size
-    )
-    transform = BatchTransform(
-        input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-        augment="none", native_size=dataset.image_size,
-    ).to(dev).eval()
+    # The run's own test-pass transform, from the preprocessing best.pt records.
+    transform = batch_transform(model.pretrained_cfg, native_size=dataset.image_size).to(dev).eval()
     test = dataset["test"]
     return RunModel(model, transform, test.images, np.asarray(test.labels), list(dataset.classes),
                     dev)

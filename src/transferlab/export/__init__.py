@@ -18,7 +18,7 @@ from transferlab.errors import TransferlabError
 from transferlab.export.contract import export_metadata
 from transferlab.export.onnx_file import LOGIT_TOLERANCE, OnnxClassifier, write_onnx
 from transferlab.export.safetensors_file import SafetensorsLayout, write_safetensors
-from transferlab.export.torchscript_file import write_torchscript
+from transferlab.export.torchscript_file import TorchScriptClassifier, write_torchscript
 from transferlab.io import check_file_path
 from transferlab.models import TransferModel, load_checkpoint_model
 
@@ -26,7 +26,11 @@ FORMATS = EXPORT_FORMATS
 CHECKPOINT = "best.pt"
 DEFAULT_NAMES = EXPORT_NAMES  # file written into RUN_DIR when --out is not given
 
-__all__ = ["FORMATS", "LOGIT_TOLERANCE", "ExportResult", "OnnxClassifier", "export_run"]
+# The exported files predict runs: they take float pixels NHWC in [0, 255] and normalise inside.
+ExportedClassifier = (OnnxClassifier, TorchScriptClassifier)
+
+__all__ = ["FORMATS", "LOGIT_TOLERANCE", "ExportResult", "ExportedClassifier", "OnnxClassifier",
+           "TorchScriptClassifier", "export_run"]
 
 
 @dataclasses.dataclass(frozen=True)

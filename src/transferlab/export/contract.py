@@ -1,15 +1,22 @@
 """What an exported model takes, gives and carries (the contract in docs/ARCHITECTURE.md, "Export").
 
-An exported ONNX or TorchScript model takes what an image decoder gives: float32 pixels in
-[0, 255], RGB, channels last (N, H, W, 3), already resized to the run's input size. Scaling to
-[0, 1], normalising with the run's mean and std and the NHWC -> NCHW transpose are inside the
-graph, so a user shipping it cannot forget them or get them wrong. Float rather than uint8 input
-keeps `predict` on the exported model numerically equal to `predict` on best.pt (its resize is in
-float); a uint8 image array is fed with `.astype(np.float32)`, as for Keras' EfficientNet, whose
-models also take float pixels in [0, 255]. The output is the logits (N, num_classes).
+An exported ONNX or TorchScript model takes the run's preprocessed pixels before scaling: float32
+in [0, 255], RGB, channels last (N, H, W, 3), at the run's input size. Scaling to [0, 1],
+normalising with the run's mean and std and the NHWC -> NCHW transpose are inside the graph, so
+a user shipping it cannot forget them or get them wrong. The output is the logits
+(N, num_classes).
 
-The only step left to the user is the resize; `METADATA_KEY` says how (`resize`), and
-`transferlab predict` on the exported file does it exactly as the run did.
+The caller does what comes before, the two steps of `transferlab.data.preprocess` (the path the
+run's own test pass took, so `predict` on an exported file reproduces the run's test logits):
+1. decode the file to upright RGB and, when the run stored its photos at one size (`stored_size`
+   in the metadata's `preprocess`), resize the shorter side to it and crop the centre square
+   (Pillow bicubic), exactly as the run's dataset did;
+2. resize that image to the input size with the run's interpolation and antialiasing, on uint8
+   pixels (torchvision's uint8 resize, which is Pillow's filter), and feed it as float32.
+`METADATA_KEY` says both in words (`resize`) and as steps (`caller`). Neither resize is in the
+graph: ONNX's Resize cannot repeat torchvision's uint8 resampling exactly, and a graph fed a
+stored-size image would tie it to one source size. In Python, `Preprocess(cfg).resized(files)`
+does both steps (cfg: `PreprocessConfig.from_dict(metadata["preprocess"])`).
 """
 
 from __future__ import annotations
@@ -20,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab import __version__
+from transferlab._version import __version__
 from transferlab.models import PreprocessConfig, TransferModel
 
 METADATA_KEY = "transferlab"  # ONNX metadata_props key / TorchScript extra file stem (JSON)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `preprocess.stored_size`, `caller` (the decode-time resize of a run on photos)
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 PIXEL_MAX = 255.0
@@ -47,18 +54,41 @@ class ShippableModel(nn.Module):
 
 
 def resize_rule(cfg: PreprocessConfig) -> str:
-    """How to bring an image to the input size, in words, as the run's evaluation did."""
+    """How to bring a decoded image to the input size, in words, as the run's test pass did."""
     h, w = cfg.input_size
-    how = f"{cfg.interpolation} interpolation with antialiasing"
+    how = f"{cfg.interpolation} interpolation with antialiasing on uint8 pixels"
+    if cfg.stored_size is not None:
+        sh, sw = cfg.stored_size
+        return (f"resize the shorter side to {max(sh, sw)} px and crop {sh} x {sw} at the centre "
+                f"(Pillow bicubic, as the run stored its images), then resize that to {h} x {w}, "
+                f"{how}")
     if cfg.crop_mode == "squash":
         return f"resize the whole image to {h} x {w} (height x width; aspect ratio not kept), {how}"
     if cfg.crop_mode == "center" and cfg.crop_pct == 1.0 and h == w:
-        return (f"resize the shorter side to {h} px (aspect ratio kept), {how}, then crop "
-                f"{h} x {w} at the centre")
+        return (f"resize the shorter side to {h} px (aspect ratio kept, Pillow bicubic), then "
+                f"crop {h} x {w} at the centre")
     return (
-        f"resize so that a {h} x {w} crop covers {cfg.crop_pct:g} of the image ({cfg.crop_mode} "
-        f"crop mode, timm's evaluation transform), {how}, then crop {h} x {w} at the centre"
+        f"resize so that a {h} x {w} crop covers {cfg.crop_pct:g} of the image (Pillow bicubic), "
+        f"then crop {h} x {w} at the centre"
     )
+
+
+def caller_steps(cfg: PreprocessConfig) -> list[str]:
+    """The caller's side of the contract, step by step (the graph does the rest)."""
+    steps = ["decode to upright 8-bit RGB (EXIF orientation applied, transparency on white)"]
+    h, w = cfg.input_size
+    if cfg.stored_size is not None:
+        sh, sw = cfg.stored_size
+        steps.append(f"shorter side to {max(sh, sw)} px, centre crop {sh} x {sw} (Pillow bicubic; "
+                     "JPEG may be decoded at a reduced scale that still covers it)")
+        steps.append(f"resize to {h} x {w}, {cfg.interpolation}, antialiased, on uint8 pixels")
+    elif cfg.crop_mode == "squash":
+        steps.append(f"resize the whole image to {h} x {w}, {cfg.interpolation}, antialiased, "
+                     "on uint8 pixels")
+    else:
+        steps.append(resize_rule(cfg))
+    steps.append("stack as float32 (batch, height, width, 3) in [0, 255]")
+    return steps
 
 
 def export_metadata(model: TransferModel, source: str) -> dict[str, Any]:
@@ -82,8 +112,15 @@ def export_metadata(model: TransferModel, source: str) -> dict[str, Any]:
             "range": [0, PIXEL_MAX],
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", model.num_classes], "kind": "logits"},
+        # Temperature scaling fitted by the run on its validation split: softmax(logits / T) are
+        # calibrated probabilities (the class with the highest logit does not change).
+        "temperature": float(getattr(model, "temperature", 1.0)),
+        "probabilities": "softmax(logits / temperature)",
         "in_graph": "x / 255, then (x - mean) / std per channel, then NHWC -> NCHW",
         "resize": resize_rule(cfg),
+        "caller": caller_steps(cfg),
+        "python": "transferlab.data.preprocess.Preprocess(PreprocessConfig.from_dict("
+                  "metadata['preprocess'])).resized(files)",
         "preprocess": cfg.to_dict(),
     }
 

@@ -105,6 +105,8 @@ class OnnxClassifier:
             self.metadata = json.loads(props[METADATA_KEY])
             self.pretrained_cfg = PreprocessConfig.from_dict(self.metadata["preprocess"])
             self.num_classes = int(self.metadata["num_classes"])
+            # The run's calibration (absent in files of older versions: no scaling).
+            self.temperature = float(self.metadata.get("temperature", 1.0))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise TransferlabError(
                 f"{self.path}: unreadable transferlab metadata ({err}); export the run again"

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from transferlab.errors import TransferlabError
@@ -57,3 +58,58 @@ def write_torchscript(model: TransferModel, path: Path, metadata: dict[str, Any]
         )
     atomic_write(path, lambda f: f.write(data))
     return diff
+
+
+class TorchScriptClassifier:
+    """An exported `.torchscript.pt` file, with its classes and preprocessing (as `OnnxClassifier`).
+
+    It takes and gives what the ONNX export does (float32 pixels NHWC in [0, 255] -> logits), so
+    `predict` prepares images for both alike.
+
+    Attributes:
+        path: the file.
+        metadata: the transferlab metadata (see `contract.export_metadata`).
+        pretrained_cfg: how images are prepared (input size, resize rule, mean and std).
+        classes: class names in label order.
+        num_classes: outputs of the model.
+        model_name: the registry name of the model it was exported from.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import json
+
+        from transferlab.models import PreprocessConfig
+
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise TransferlabError(f"TorchScript file {self.path} not found; check the path")
+        files = {EXTRA_FILE: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # as in write_torchscript
+                self.module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files).eval()
+        except RuntimeError as err:
+            raise TransferlabError(f"{self.path} is not a readable TorchScript file ({err})") from err
+        if not files[EXTRA_FILE]:
+            raise TransferlabError(
+                f"{self.path} has no transferlab metadata, so its classes and preprocessing are "
+                "unknown; use a file written by `transferlab export RUN_DIR --format torchscript`"
+            )
+        try:
+            self.metadata = json.loads(files[EXTRA_FILE])
+            self.pretrained_cfg = PreprocessConfig.from_dict(self.metadata["preprocess"])
+            self.num_classes = int(self.metadata["num_classes"])
+            # The run's calibration (absent in files of older versions: no scaling).
+            self.temperature = float(self.metadata.get("temperature", 1.0))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise TransferlabError(
+                f"{self.path}: unreadable transferlab metadata ({err}); export the run again"
+            ) from err
+        classes = self.metadata.get("classes")
+        self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
+        self.model_name = str(self.metadata.get("model_name"))
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Logits (N, num_classes) for float32 pixels (N, H, W, 3) in [0, 255]."""
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()

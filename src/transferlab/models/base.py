@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,69 +15,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from transferlab.data.preprocess import PreprocessConfig  # the preprocessing a model carries
 from transferlab.errors import TransferlabError
-
-# ImageNet statistics (timm.data.IMAGENET_DEFAULT_MEAN / _STD), the default for models trained here.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_MODES = ("center", "squash", "border")  # timm pretrained_cfg crop modes
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-    """How images must be prepared for a model (timm's `pretrained_cfg`, reduced to what we use).
-
-    Attributes:
-        input_size: (height, width) of the network input, pixels.
-        mean: per-channel mean subtracted after scaling pixels to [0, 1] (RGB order).
-        std: per-channel standard deviation divided by after subtracting the mean.
-        interpolation: resize filter name ("bilinear", "bicubic", "nearest").
-        crop_pct: evaluation centre-crop fraction: resize to input_size / crop_pct, then crop.
-        crop_mode: "center" or "border" (timm's evaluation transform: resize, then crop)
-            or "squash" (resize the whole image to input_size, as transferlab training does; a
-            run's best.pt records this with crop_pct 1.0).
-    """
-
-    input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-    crop_pct: float = 1.0
-    crop_mode: str = "center"
-
-    def __post_init__(self) -> None:
-        # Normalise lists (YAML, JSON, checkpoints) to tuples so configs compare and hash equal.
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(self, "crop_pct", float(self.crop_pct))
-        if len(self.input_size) != 2 or min(self.input_size) < 1:
-            raise TransferlabError(f"input_size must be (height, width) > 0, got {self.input_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise TransferlabError(
-                f"mean and std need 3 values (std > 0), got {self.mean}, {self.std}"
-            )
-        if not 0 < self.crop_pct <= 1:
-            raise TransferlabError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
-        if self.crop_mode not in CROP_MODES:
-            raise TransferlabError(
-                f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-friendly dict (lists instead of tuples)."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of `to_dict`; unknown keys are ignored (timm cfgs carry many more)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in d.items() if k in names}
-        if "input_size" in values and len(values["input_size"]) == 3:  # timm's (C, H, W)
-            values["input_size"] = tuple(values["input_size"])[1:]
-        return cls(**values)
 
 
 class ClassifierHead(nn.Module):
@@ -157,6 +95,9 @@ class TransferModel(nn.Module):
         self.head_pretrained = (
             False  # True once trained or loaded classifier weights are in the head
         )
+        # Divides the logits before a softmax that reports confidence (temperature scaling,
+        # fitted by a run on its validation split); never changes the predicted class.
+        self.temperature: float = 1.0
 
     def feature_stages(self) -> list[tuple[str, nn.Module]]:
         """The backbone as an ordered list of (name, module); composing them is `forward_features`."""

@@ -58,6 +58,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any], origin: str = "checkpoint"
     model.classes = list(checkpoint["classes"]) if checkpoint["classes"] is not None else None
     model.load_report = f"loaded from {origin}"
     model.head_pretrained = True
+    # The run's calibration (training.summary: temperature scaling on validation); 1.0 = none.
+    model.temperature = float(checkpoint.get("temperature", 1.0))
     return model
 
 

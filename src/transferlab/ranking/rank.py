@@ -34,6 +34,7 @@ import torch
 
 from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text, check_dir_path
+from transferlab.logs import info
 from transferlab.ranking.candidates import Candidate, Skipped
 from transferlab.ranking.logme import logme
 from transferlab.ranking.probe import linear_probe
@@ -117,7 +118,7 @@ class _Prepared:
 def _build(candidate: Candidate, num_classes: int, options: RankOptions, native: Sequence[int],
            device: torch.device) -> _Prepared:
     """Create the model as `_Run.build_model` does for `input_size` set (so the cache keys agree)."""
-    from transferlab.data.transforms import BatchTransform
+    from transferlab.data.preprocess import batch_transform
     from transferlab.models import create_model
 
     head = options.head or _default_head()
@@ -142,8 +143,7 @@ def _build(candidate: Candidate, num_classes: int, options: RankOptions, native:
     pre = model.pretrained_cfg
     input_size = tuple(pre.input_size)
     model.pretrained_cfg = dataclasses.replace(pre, crop_pct=1.0, crop_mode="squash")
-    transform = BatchTransform(input_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-                               augment="none", native_size=native).to(device).eval()
+    transform = batch_transform(model.pretrained_cfg, native_size=native).to(device).eval()
     kwargs = dict(getattr(model, "model_kwargs", {}) or {})
     kwargs.setdefault("head", head)
     return _Prepared(model, input_size, transform, kwargs)
@@ -211,7 +211,7 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
 
 def score_candidate(candidate: Candidate, dataset: Any, splits: dict[str, np.ndarray],
                     options: RankOptions, device: torch.device,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = info) -> dict[str, Any]:
     """Build, extract (or load cached features), score and time one candidate; one record of rank.json."""
     start = time.perf_counter()
     train = dataset["train"]
@@ -248,7 +248,7 @@ def score_candidate(candidate: Candidate, dataset: Any, splits: dict[str, np.nda
 
 
 def rank_models(options: RankOptions, candidates: Sequence[Candidate], skipped: Sequence[Skipped],
-                out_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                out_dir: str | Path | None = None, log: Callable[[str], None] = info) -> dict[str, Any]:
     """Score every candidate on the same stratified subset; write rank.json/.csv/.png into `out_dir`.
 
     A candidate whose model cannot be built or whose weights cannot be loaded is skipped with the

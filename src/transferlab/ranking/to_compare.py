@@ -21,6 +21,7 @@ import yaml
 from transferlab.compare import CompareConfig, parse_compare_config
 from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text
+from transferlab.logs import info
 from transferlab.results.ranking import RANK_FILE, load_rank
 
 
@@ -66,7 +67,7 @@ def compare_dict_from_rank(payload: dict[str, Any], top: int) -> dict[str, Any]:
 
 
 def compare_config_from_rank(rank_dir: str | Path, top: int, out_dir: str | Path | None = None,
-                             log: Any = print) -> CompareConfig:
+                             log: Any = info) -> CompareConfig:
     """Read RANK_DIR/rank.json and build the comparison of its `top` best candidates.
 
     Args:

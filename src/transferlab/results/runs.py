@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import TransferlabError
+from transferlab.runfiles import SUMMARY, is_finished
 
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = SUMMARY  # the one name, in transferlab.runfiles
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 
 # Summary fields averaged over the seeds of a group.
@@ -82,7 +83,7 @@ def load_run(run_dir: Path) -> RunRecord:
     """Read a finished run directory (it must hold `summary.json`)."""
     run_dir = Path(run_dir)
     path = run_dir / SUMMARY_FILE
-    if not path.is_file():
+    if not is_finished(run_dir):
         raise TransferlabError(
             f"{run_dir} has no {SUMMARY_FILE}: it is not a finished run directory "
             "(finish or resume it with `transferlab train`, or pass the folder of a compare)"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from transferlab.config import TrainConfig
+from transferlab.logs import info
 from transferlab.training import distributed as dist_utils
 from transferlab.training.device import Precision
 from transferlab.training.engine import Batches
@@ -56,9 +57,9 @@ class RunContext:
         self.leakage: dict[str, Any] | None = None  # copies across splits (training.leakage)
 
     def log(self, message: str) -> None:
-        """Print on rank 0 only."""
+        """Say `message` through the "transferlab" logger, on rank 0 only."""
         if self.ctx.is_main:
-            print(message, flush=True)
+            info(message)
 
     def model_kwargs(self) -> dict[str, Any]:
         """create_model kwargs that rebuild the architecture (the model's own, else the config's)."""

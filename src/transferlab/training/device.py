@@ -35,11 +35,11 @@ def select_device(name: str = "auto", local_rank: int | None = None) -> torch.de
         raise TransferlabError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise TransferlabError("device=cuda but no CUDA GPU is visible; use --device auto or cpu")
+            raise TransferlabError("device=cuda but no CUDA GPU is visible; use device auto or cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank or 0)
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TransferlabError("device=mps but MPS is not available; use --device auto or cpu")
+        raise TransferlabError("device=mps but MPS is not available; use device auto or cpu")
     return device
 
 
@@ -114,7 +114,7 @@ def library_versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    from transferlab import __version__
+    from transferlab._version import __version__
 
     return {
         "transferlab": __version__,

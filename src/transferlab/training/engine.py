@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from transferlab.config import EarlyStoppingConfig
+from transferlab.logs import info, progress
 from transferlab.training.checkpoint import cpu_state_dict, unwrap
 from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import Precision, Timer, synchronize
@@ -177,7 +177,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     # come through train_run, e.g. the benchmark or a notebook).
     keep_freed_memory()
     model.train()
-    bar = tqdm(total=len(batches), initial=start_step, desc=desc, leave=False, disable=quiet,
+    bar = progress(total=len(batches), initial=start_step, desc=desc, leave=False, quiet=quiet,
                unit="batch", dynamic_ncols=True)
     # The clock covers fetching and transforming each batch plus the step itself, not the
     # checkpointing in `after_step`; `.tolist()` below synchronises the device before it is read.
@@ -259,7 +259,7 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
     kept_logits, kept_labels = [], []
     num_classes = 0
     with Timer(device) as timer:
-        for x, y in tqdm(batches, desc=desc, leave=False, disable=quiet, unit="batch"):
+        for x, y in progress(batches, desc=desc, leave=False, quiet=quiet, unit="batch"):
             with precision.autocast(device):
                 logits = model(x)
             logits = logits.float()
@@ -356,7 +356,7 @@ class StagePlan:
 def fit(plan: StagePlan, progress: StageProgress | None = None, *,
         on_epoch: Callable[[dict[str, Any], StageProgress], None] | None = None,
         on_step: Callable[[StageProgress], None] | None = None,
-        log: Callable[[str], None] = print) -> StageProgress:
+        log: Callable[[str], None] = info) -> StageProgress:
     """Train one stage for its epochs, with validation, early stopping and a NaN guard.
 
     Args:

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from transferlab.errors import TransferlabError
+from transferlab.logs import info, progress
 from transferlab.training.device import Precision
 
 EXTRACT_BACKENDS = ("eager", "compile", "onnxruntime")  # what make_extractor can build
@@ -211,7 +211,7 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Ten
 
 
 def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_images: int,
-                   log: Callable[[str], None] = print) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+                   log: Callable[[str], None] = info) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Choose the fastest correct way to run the frozen prefix.
 
     A compiled or ONNX Runtime path is checked against eager on `sample` first; when it cannot be
@@ -284,7 +284,7 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
 @torch.inference_mode()
 def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_images: int,
             precision: Precision | None = None, desc: str = "extract", quiet: bool = False,
-            log: Callable[[str], None] = print, out: np.ndarray | None = None,
+            log: Callable[[str], None] = info, out: np.ndarray | None = None,
             reuse: dict[str, Any] | None = None) -> tuple[torch.Tensor, float, str]:
     """Run the frozen prefix over all batches.
 
@@ -317,7 +317,7 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
     written = 0
     if reuse:
         extractor, used, full = reuse["extractor"], reuse["used"], reuse["full"]
-    for x, _ in tqdm(batches, desc=desc, leave=False, disable=quiet, unit="batch"):
+    for x, _ in progress(batches, desc=desc, leave=False, quiet=quiet, unit="batch"):
         if extractor is None:
             extractor, used = make_extractor(prefix, backend, x, num_images, log)
             full = len(x)

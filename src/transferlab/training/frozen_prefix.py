@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from transferlab.logs import info
 from transferlab.training import features as feats
 
 
@@ -62,7 +63,7 @@ class FastPrefix(NamedTuple):
 
 
 def fast_prefix(model: nn.Module, train: str, backend: str, sample: torch.Tensor, num_images: int,
-                log: Callable[[str], None] = print) -> FastPrefix | None:
+                log: Callable[[str], None] = info) -> FastPrefix | None:
     """The frozen part below `train` on a fast engine, or None when the whole model should
     simply run eagerly.
 

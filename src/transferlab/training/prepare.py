@@ -148,7 +148,7 @@ def split_files(run: RunContext) -> dict[str, list[str]] | None:
 
 def build_model(run: RunContext) -> None:
     """Create the model and the train / eval transforms at the run's input size."""
-    from transferlab.data.transforms import BatchTransform
+    from transferlab.data.preprocess import batch_transform
     from transferlab.models import create_model
 
     c = run.config
@@ -171,21 +171,22 @@ def build_model(run: RunContext) -> None:
                  getattr(run.model, "default_input_size", None) or pre.input_size)
     run.input_size = size
     # From here on pretrained_cfg is the preprocessing this run uses, so best.pt, predict, export
-    # and evaluate all repeat it: the stored image resized whole to `size` (BatchTransform), and
-    # for photos stored by shorter side and centre crop, that crop too (timm's "center" mode at
-    # crop_pct 1.0: shorter side to `size`, then the centre square).
-    crop_mode = "center" if getattr(run.dataset, "center_cropped", False) else "squash"
-    run.model.pretrained_cfg = dataclasses.replace(pre, input_size=size, crop_pct=1.0,
-                                                   crop_mode=crop_mode)
+    # and evaluate all repeat it through data/preprocess.py: photos stored by shorter side and
+    # centre crop (mixed sizes) record that stored size, so a new file is decoded to it exactly
+    # as the dataset's files were; images kept at their native size are resized whole
+    # ("squash"); then the batch resize to `size` and the normalisation.
+    center = getattr(run.dataset, "center_cropped", False)
+    run.model.pretrained_cfg = dataclasses.replace(
+        pre, input_size=size, crop_pct=1.0, crop_mode="center" if center else "squash",
+        stored_size=run.dataset.image_size if center else None)
+    cfg = run.model.pretrained_cfg
+    native = run.dataset.image_size
     # One training transform per augmentation the stages use (a stage may set its own).
     run.transforms = {
-        name: BatchTransform(size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
-                             augment=name, native_size=run.dataset.image_size).to(run.device)
+        name: batch_transform(cfg, augment=name, native_size=native).to(run.device)
         for name in sorted({stage_augment(c, s) for s in c.stages})
     }
-    run.eval_transform = BatchTransform(size, mean=pre.mean, std=pre.std,
-                                        interpolation=pre.interpolation, augment="none",
-                                        native_size=run.dataset.image_size).to(run.device).eval()
+    run.eval_transform = batch_transform(cfg, native_size=native).to(run.device).eval()
 
 
 def stage_augment(config: TrainConfig, stage: StageConfig) -> str:

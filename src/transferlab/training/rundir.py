@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ import torch
 from transferlab.config import TrainConfig, config_from_dict, config_to_dict
 from transferlab.errors import TransferlabError
 from transferlab.io import atomic_write_text, check_dir_path
+from transferlab.runfiles import SUMMARY, is_finished
 from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 
-SUMMARY = "summary.json"
 METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
                   "lr", "epoch_time_s", "eval_time_s", "images_per_s")
 
@@ -32,11 +31,6 @@ METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val
 # in the results).
 RUNTIME_FIELDS = {"quiet", "device", "extract_backend", "checkpoint_every", "out_dir", "run_name",
                   "cache_dir", "workers", "max_image_pixels"}
-
-
-def is_finished(run_dir: str | os.PathLike[str]) -> bool:
-    """Whether a run completed: `summary.json` is written last, atomically."""
-    return (Path(run_dir) / SUMMARY).is_file()
 
 
 def prepare_dir(run: RunContext) -> Path:
@@ -51,11 +45,11 @@ def prepare_dir(run: RunContext) -> Path:
             raise TransferlabError(f"{run_dir} already finished (summary.json exists); nothing to resume")
         check_same_config(c, run_dir / "config.yaml")
     elif is_finished(run_dir):
-        raise TransferlabError(f"{run_dir} already holds a finished run; choose another --run-name "
+        raise TransferlabError(f"{run_dir} already holds a finished run; choose another run_name "
                                "or delete the folder")
     elif (run_dir / "last.pt").exists() or (run_dir / "config.yaml").exists():
-        raise TransferlabError(f"{run_dir} holds an unfinished run; continue it with "
-                               f"`transferlab train --resume {run_dir}` or choose another --run-name")
+        raise TransferlabError(f"{run_dir} holds an unfinished run; continue it (tl.Run(path).resume(), "
+                               f"or `transferlab train --resume {run_dir}`) or choose another run_name")
     # Checked now, created only when its first file is written (after the data and the model
     # loaded): a run that fails before it starts leaves no empty folder behind.
     check_dir_path(run_dir, "the run directory (out_dir / run_name)")
