@@ -53,3 +53,46 @@ def test_fit_on_validation_generalises_to_test() -> None:
     before = expected_calibration_error(softmax(logits[1000:]), labels[1000:])
     after = expected_calibration_error(softmax(logits[1000:], t), labels[1000:])
     assert after < before / 2
+
+
+def test_min_confidence_answers_unknown_exactly_below_the_threshold(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Through best.pt and the exported ONNX file alike; the probabilities carry the temperature."""
+    from PIL import Image
+
+    from transferlab.cli import main
+    from transferlab.data import load_dataset
+    from transferlab.export import export_run
+    from transferlab.predict import UNKNOWN, load_predict_model, predict_images
+
+    # A barely trained model: its confidences spread out instead of all sitting near 1.
+    run = train_run(tiny_config(tmp_path, stages=[{"name": "all", "train": "all", "epochs": 1,
+                                                   "optimizer": "sgd", "lr": 1e-3}]))
+    test = load_dataset("synthetic:classes=4,train=64,test=24,size=8")["test"]
+    files = []
+    for i in range(12):
+        files.append(str(tmp_path / f"t{i}.png"))
+        Image.fromarray(test.images[i]).save(files[-1])
+    onnx = export_run(run, "onnx").path
+    for weights in (run / "best.pt", onnx):
+        model = load_predict_model(None, weights=weights)
+        assert model.temperature == pytest.approx(load_checkpoint(run / "best.pt")["temperature"])
+        plain = predict_images(model, files, top=1)
+        probs = sorted({p.top[0].prob for p in plain})
+        assert len(probs) >= 4
+        cut = len(probs) // 2
+        threshold = (probs[cut - 1] + probs[cut]) / 2  # some images below, some above
+        gated = predict_images(model, files, top=1, min_confidence=threshold)
+        for p, g in zip(plain, gated, strict=True):
+            assert g.top == p.top  # the top classes are still listed
+            assert g.answer == (p.top[0].name if p.top[0].prob >= threshold else UNKNOWN)
+        below = sum(p.top[0].prob < threshold for p in plain)
+        assert 0 < below < len(files) and sum(g.answer == UNKNOWN for g in gated) == below
+        # The command line says the same.
+        capsys.readouterr()  # drop what training and export printed
+        assert main(["predict", *files, "--weights", str(weights), "--json", "--top", "1",
+                     "--min-confidence", f"{threshold}"]) == 0
+        answers = [p["answer"] for p in json.loads(capsys.readouterr().out)]
+        assert answers == [g.answer for g in gated]
+    assert main(["predict", files[0], "--weights", str(onnx), "--min-confidence", "1.5"]) == 2
+    assert "not a probability" in capsys.readouterr().err

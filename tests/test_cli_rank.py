@@ -60,12 +60,21 @@ def test_rank_features_are_the_cache_a_training_run_reads(tmp_path, weights_dir,
     printed = capsys.readouterr().out
     assert "extracted test features" in printed
     assert "extracted train features" not in printed and "extracted val features" not in printed
+    # The engine that computed the features is recorded by both: rank.json, and the run's summary
+    # from the cache entries that the ranking wrote.
+    record = payload["candidates"][0]
+    assert record["extract_backend_choice"]["setting"] == "auto"
+    assert record["extract_backend_choice"]["used"] == record["extract_backend"]
+    stages = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["stages"]
+    stage = next(iter(stages.values()))  # stage 0: the head, on cached features
+    assert stage["feature_backends"]["train"] == stage["feature_backends"]["val"] == record["extract_backend"]
     # ... and a second ranking reads the cache too.
     assert main(rank_args(tmp_path, weights_dir, "--models", "benchmark_cnn",
                           "--out", str(tmp_path / "rank2"))) == 0
     assert "features from the cache" in capsys.readouterr().out
     again = json.loads((tmp_path / "rank2" / "rank.json").read_text())
     assert again["candidates"][0]["logme"] == pytest.approx(payload["candidates"][0]["logme"])
+    assert again["candidates"][0]["extract_backend_choice"] is None  # nothing was extracted
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -28,7 +28,7 @@ PACKAGE = "transferlab"
 ROOT = "transferlab"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("transferlab._version", "transferlab.errors", "transferlab.io", "transferlab.choices",
-              "transferlab.logs", "transferlab.runfiles", "transferlab.metrics")),
+              "transferlab.logs", "transferlab.runfiles", "transferlab.metrics", "transferlab.threads")),
     ("data", ("transferlab.data",)),
     ("models", ("transferlab.models",)),
     ("training", ("transferlab.training", "transferlab.config", "transferlab.recipes", "transferlab.predict",

@@ -22,6 +22,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from transferlab._version import __version__
+from transferlab.threads import configure_threads as _configure_threads
+
+# Before anything imports torch: libgomp reads its wait policy once, when it loads, and its
+# default spin-waiting collapses training on a shared CPU (transferlab/threads.py).
+_configure_threads()
 
 if TYPE_CHECKING:  # the names a type checker and an IDE see; loaded lazily at run time
     from transferlab.api import (

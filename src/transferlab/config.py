@@ -55,6 +55,7 @@ from transferlab.choices import (
     CACHE_MODES,
     EXTRACT_BACKENDS,
     HEADS,
+    IMBALANCE_METHODS,
     LABELS,
     MONITORS,
     OPTIMIZERS,
@@ -70,7 +71,7 @@ class EarlyStoppingConfig:
     """Keras `EarlyStopping` semantics for one stage."""
 
     enabled: bool = False  # stop when `monitor` has not improved for `patience` epochs
-    monitor: str = "val_loss"  # val_loss (lower is better) | val_acc1 (higher is better)
+    monitor: str = "val_loss"  # val_loss (lower is better) | val_acc1 | val_bal_acc (higher is better)
     min_delta: float = 0.0  # smallest change that counts as an improvement (monitor units)
     patience: int = 3  # epochs without improvement before stopping
     restore_best: bool = True  # on stopping, load the weights of the best epoch (Keras restore_best_weights)
@@ -101,6 +102,7 @@ class StageConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
     augment: str | None = None  # training augmentation of this stage; None = the run's augment
     cache_features: str = "auto"  # auto | true | false: train above a frozen part on cached outputs
+    bn_frozen: bool = False  # keep every BatchNorm in inference mode (running statistics fixed; its scale and shift still train)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # stop early (fields below)
 
 
@@ -141,6 +143,8 @@ class TrainConfig:
     cache_memory_gb: float = 4.0  # largest cached activation set held for a freeze boundary (GiB)
     checkpoint_every: int = 0  # also write last.pt every N optimiser steps (0 = at epoch ends only)
     quiet: bool = False  # no progress bars or per-epoch lines (CI, logs)
+    imbalance: str = "auto"  # uneven training classes: auto (logit_adjust above imbalance_ratio, else off) | off | logit_adjust | class_weight | balanced_sampler
+    imbalance_ratio: float = 2.0  # uneven = largest / smallest training class count above this (auto counters it; best.pt by val balanced accuracy)
     stages: list[StageConfig] = field(default_factory=list)  # run in order; empty = the recipe's
 
     def stage_batch_size(self, stage: StageConfig) -> int:
@@ -157,6 +161,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "labels": LABELS, "recipe": RECIPES, "head": ("auto", *HEADS), "augment": AUGMENTATIONS,
     "amp": AMP_MODES, "extract_backend": EXTRACT_BACKENDS, "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES, "monitor": MONITORS, "cache_features": CACHE_MODES,
+    "imbalance": ("auto", *IMBALANCE_METHODS),
 }
 
 
@@ -403,6 +408,10 @@ def validate(config: TrainConfig) -> None:
             raise TransferlabError(f"{name}={value} must be a positive integer, or null for the default")
     _choice(config.amp, AMP_MODES, "amp")
     _choice(config.extract_backend, EXTRACT_BACKENDS, "extract_backend")
+    _choice(config.imbalance, FIELD_CHOICES["imbalance"], "imbalance")
+    if not config.imbalance_ratio >= 1.0:
+        raise TransferlabError(f"imbalance_ratio={config.imbalance_ratio} must be >= 1 (largest / "
+                               "smallest class count; 1 counters any difference)")
     if config.workers < 0:
         raise TransferlabError(f"workers={config.workers} must be >= 0 (0 = one per usable core)")
     if config.checkpoint_every < 0:

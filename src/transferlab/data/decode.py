@@ -9,7 +9,6 @@ file and the operating system flushes them as it likes.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 from transferlab.data.images import SizePlan, decode, header_size, max_image_pixels
 from transferlab.errors import TransferlabError
 from transferlab.logs import progress
+from transferlab.threads import available_cpus
 
 # Files per task: large enough that process overhead vanishes, small enough for a smooth
 # progress bar and an even share of work at the end.
@@ -30,11 +30,8 @@ _CHUNK = 32
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    """CPUs this process can get: the affinity mask capped by a cgroup quota (`threads.available_cpus`)."""
+    return available_cpus()
 
 
 def resolve_workers(workers: int | None) -> int:

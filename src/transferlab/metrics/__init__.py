@@ -20,10 +20,11 @@ from transferlab.metrics.classification import (
     class_scores,
     confusion_matrix,
     macro_f1,
+    scores_from_counts,
 )
 
 __all__ = [
     "ClassScores", "CoverageRow", "ReliabilityBin", "balanced_accuracy", "class_scores",
     "confusion_matrix", "coverage_table", "expected_calibration_error", "fit_temperature",
-    "macro_f1", "reliability_bins", "softmax",
+    "macro_f1", "reliability_bins", "scores_from_counts", "softmax",
 ]

@@ -11,7 +11,6 @@ run, where export time is paid each time) prefers the fast one; each falls back 
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
+from transferlab.threads import available_cpus
 
 EXPORTERS = ("dynamo", "torchscript")  # torch.onnx.export(dynamo=True) and (dynamo=False)
 TORCHSCRIPT_OPSET = 17  # the legacy exporter's well-tested opset (it supports up to 20)
@@ -96,11 +96,8 @@ def set_metadata(model: Any, metadata: Mapping[str, str]) -> None:
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    """CPUs this process can get: the affinity mask capped by a cgroup quota (`threads.available_cpus`)."""
+    return available_cpus()
 
 
 def ort_session(model: bytes | str | Path, threads: int | None = None, spin: bool = True) -> Any:

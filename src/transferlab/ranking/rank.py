@@ -192,9 +192,12 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
         log(f"  features from the cache ({', '.join(f'{s} {v.shape}' for s, v in out['features'].items())})")
         return out
     # One pass over all splits: one compilation, then each split is cached under its own key.
+    # The backend changes the features (~1e-6), so its choice goes into rank.json.
+    choice: dict[str, Any] = {}
     values, seconds, backend = feats.extract(prefix, batches, backend=options.extract_backend,
                                              num_images=len(order), precision=precision,
-                                             desc=f"extract {candidate.model}", quiet=options.quiet, log=log)
+                                             desc=f"extract {candidate.model}", quiet=options.quiet, log=log,
+                                             record=choice)
     rate = len(order) / max(seconds, 1e-9)
     start = 0
     out["features"] = {}
@@ -204,7 +207,7 @@ def _features(prepared: _Prepared, candidate: Candidate, dataset: Any, splits: d
         save_arrays(dirs[split], {"features": part},
                     {"split": split, "shape": list(part.shape), "images_per_s": rate, "backend": backend})
         out["features"][split] = part
-    out.update(images_per_s=rate, backend=backend, cached=False)
+    out.update(images_per_s=rate, backend=backend, cached=False, backend_choice=choice)
     log(f"  extracted {len(order)} images in {seconds:.1f} s ({rate:.0f} img/s, {backend})")
     return out
 
@@ -240,6 +243,7 @@ def score_candidate(candidate: Candidate, dataset: Any, splits: dict[str, np.nda
         "extract_images_per_s": got["images_per_s"],
         "extract_ms_per_image": 1000.0 / max(got["images_per_s"], 1e-9),
         "extract_backend": got["backend"],
+        "extract_backend_choice": got.get("backend_choice"),  # None: the features came from the cache
         "features_cached": got["cached"],
         "logme_time_s": logme_s,
         "probe_time_s": probe_s,

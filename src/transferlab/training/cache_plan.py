@@ -23,9 +23,20 @@ from transferlab.training.context import RunContext
 from transferlab.training.prepare import stage_augment
 
 
-def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Module] | None:
-    """(prefix, tail) when this stage trains on cached features, else None."""
+def cache_plan(run: RunContext, stage: StageConfig,
+               recorded: bool | None = None) -> tuple[nn.Module, nn.Module] | None:
+    """(prefix, tail) when this stage trains on cached features, else None.
+
+    Args:
+        run, stage: the run and the stage about to train.
+        recorded: on resume, whether the run this one continues trained the stage on cached
+            features (its `cached_features` in last.pt); None for a stage not begun yet. The
+            free disk space can change between the two sessions, and the other path rounds
+            differently, so a resumed stage keeps to the recorded one.
+    """
     c = run.config
+    if recorded is False:
+        return None
     if stage.cache_features == "false" or stage.train == "all":
         if stage.cache_features == "true" and stage.train == "all":
             raise TransferlabError(f"stage {stage.name}: cache_features=true needs a frozen part "
@@ -54,8 +65,10 @@ def cache_plan(run: RunContext, stage: StageConfig) -> tuple[nn.Module, nn.Modul
                f"cache_memory_gb={c.cache_memory_gb}")
         if need > 0.9 * free:
             msg += f" and over the {free / 2**30:.1f} GiB free in {root}"
-            if stage.cache_features == "true":
-                raise TransferlabError(msg + "; free disk space or point cache_dir elsewhere")
+            if stage.cache_features == "true" or recorded:
+                why = ("; the run this one continues trained the stage on cached features"
+                       if recorded else "")
+                raise TransferlabError(msg + why + "; free disk space or point cache_dir elsewhere")
             run.log(msg + ": training through the frozen part instead")
             return None
         run.log(msg + ": written to disk and memory-mapped")
@@ -69,9 +82,22 @@ def _cache_root(run: RunContext) -> Path:
     return Path(c.cache_dir) if c.cache_dir else data_root(c.data_root)
 
 
-def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
-                    tail: nn.Module) -> dict[str, Any]:
-    """Features of every split for this stage's frozen prefix, from disk or freshly extracted."""
+def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module, tail: nn.Module,
+                    backend: str | None = None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Features of every split for this stage's frozen prefix, from disk or freshly extracted.
+
+    Args:
+        run, stage: the run and the stage being trained.
+        prefix, tail: the stage's frozen part and trainable part (`cache_plan`).
+        backend: the extraction backend (None: the config's `extract_backend`; a resumed run
+            passes the one it recorded).
+        record: receives the backend choice when anything is extracted (`features.make_extractor`).
+
+    Returns:
+        {"features": split -> features, "backend", "extract_time_s", "extracted_images",
+        "feature_backends": split -> the backend that computed that split's features (read
+        from the cache entry when it came from there; "unknown" for entries older than that)}.
+    """
     from transferlab.data import ArrayRows
     from transferlab.data.cache import (
         MMAP_MIN_BYTES,
@@ -86,7 +112,9 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
     boundary = stage.train if stage.train == "head" else f"from:{boundary_for(run.model, stage.train)}"
     frozen = feats.frozen_state_hash(run.model, tail)
     pre = run.model.pretrained_cfg
-    info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0}
+    info: dict[str, Any] = {"backend": "cache", "extract_time_s": 0.0, "extracted_images": 0,
+                            "feature_backends": {}}
+    backend = backend or c.extract_backend
     root = _cache_root(run)
     # Feature sets over the memory budget are memory-mapped when read back, whatever their size.
     mmap_min = int(min(MMAP_MIN_BYTES, c.cache_memory_gb * 2**30))
@@ -111,24 +139,32 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
             n = len(run.data[split][1])
             if shape is None:
                 shape = feats.output_shape(prefix, next(iter(run.image_batches(split, 1)))[0])
-            kwargs = dict(backend=c.extract_backend, num_images=total, precision=run.precision,
-                          desc=f"extract {split}", quiet=c.quiet, log=run.log, reuse=reuse)
+            kwargs = dict(backend=backend, num_images=total, precision=run.precision,
+                          desc=f"extract {split}", quiet=c.quiet, log=run.log, reuse=reuse,
+                          record=record)
             if n * int(np.prod(shape)) * 4 > c.cache_memory_gb * 2**30:
                 # Too large for memory: each batch goes straight into a memory-mapped file,
-                # renamed into place whole, and mapped again below.
+                # renamed into place whole, and mapped again below. The backend is in the entry's
+                # metadata: it is the numerical path the features came from.
                 result: list = []
-                save_streamed(directory, "features", (n, *shape), np.float32,
-                              lambda array, b=batches, kw=kwargs, r=result:
-                              r.extend(feats.extract(prefix, b, out=array, **kw)[1:]),
-                              {"split": split, "shape": [n, *shape]})
-                seconds, backend = result
+                meta: dict[str, Any] = {"split": split, "shape": [n, *shape]}
+
+                def write(array: np.ndarray, b: Any = batches, kw: dict = kwargs,
+                          r: list = result, m: dict = meta) -> None:
+                    _, seconds, used = feats.extract(prefix, b, out=array, **kw)
+                    r.extend([seconds, used])
+                    m["backend"] = used  # meta.json is written after the array
+
+                save_streamed(directory, "features", (n, *shape), np.float32, write, meta)
+                seconds, used = result
             else:
-                values, seconds, backend = feats.extract(prefix, batches, **kwargs)
+                values, seconds, used = feats.extract(prefix, batches, **kwargs)
                 save_arrays(directory, {"features": values.numpy()},
-                            {"split": split, "shape": list(values.shape)})
+                            {"split": split, "shape": list(values.shape), "backend": used})
             run.log(f"extracted {split} features {(n, *shape)} in {seconds:.1f} s "
-                    f"({n / max(seconds, 1e-9):.0f} img/s, {backend})")
-            info["backend"] = backend
+                    f"({n / max(seconds, 1e-9):.0f} img/s, {used})")
+            info["backend"] = used
+            info["feature_backends"][split] = used
             info["extract_time_s"] += seconds
             info["extracted_images"] += n
         dist_utils.barrier(run.ctx)
@@ -136,6 +172,7 @@ def cached_features(run: RunContext, stage: StageConfig, prefix: nn.Module,
             loaded = load_arrays(directory, mmap_min)
         if loaded is None:
             raise TransferlabError(f"feature cache {directory} could not be read; delete it and rerun")
+        info["feature_backends"].setdefault(split, str(loaded[1].get("backend", "unknown")))
         array = loaded[0]["features"]
         if isinstance(array, np.memmap):
             out[split] = ArrayRows(array)  # batches gather from the file; nothing copied

@@ -18,6 +18,7 @@ from transferlab.logs import info
 from transferlab.training import distributed as dist_utils
 from transferlab.training.device import Precision
 from transferlab.training.engine import Batches
+from transferlab.training.imbalance import Imbalance
 from transferlab.training.interrupt import InterruptFlag
 
 
@@ -55,6 +56,7 @@ class RunContext:
         self.stage_features: tuple[str, nn.Module, Any] | None = None  # last stage's cached features
         self.excluded: dict[str, list[str]] = {}
         self.leakage: dict[str, Any] | None = None  # copies across splits (training.leakage)
+        self.imbalance: Imbalance | None = None  # what the run does about uneven classes (run.py)
 
     def log(self, message: str) -> None:
         """Say `message` through the "transferlab" logger, on rank 0 only."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from transferlab.config import EarlyStoppingConfig
 from transferlab.logs import info, progress
@@ -24,6 +25,8 @@ from transferlab.training.checkpoint import cpu_state_dict, unwrap
 from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import Precision, Timer, synchronize
 from transferlab.training.distributed import DistContext, all_reduce_sum
+from transferlab.training.imbalance import balanced_order
+from transferlab.training.metrics import balanced_from_sums, class_sums, macro_f1_from_sums
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,14 +58,18 @@ class Batches:
         drop_last: drop a final partial batch (benchmarks time full batches only).
         train: training batches: a final batch too small to give every rank 2 samples is dropped
             (BatchNorm cannot train on one sample, and an empty shard would make a NaN loss).
+        balanced: with `shuffle`, draw each epoch's order class-balanced (with replacement, as
+            many samples as there are; `imbalance.balanced_order`) instead of a permutation.
     """
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool = False, seed: int = 0, epoch: int = 0,
                  transform: Callable[..., torch.Tensor] | None = None,
                  device: torch.device | str = "cpu", dist: DistContext | None = None,
-                 drop_last: bool = False, channels_last: bool = False, train: bool = False) -> None:
+                 drop_last: bool = False, channels_last: bool = False, train: bool = False,
+                 balanced: bool = False) -> None:
         self.inputs, self.labels = inputs, labels
+        self.balanced = balanced
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
         self.transform, self.device = transform, torch.device(device)
         self.dist = dist or DistContext()
@@ -83,6 +90,8 @@ class Batches:
         if not self.shuffle:
             return torch.arange(n)
         g = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+        if self.balanced:
+            return balanced_order(self.labels, g)
         return torch.randperm(n, generator=g)
 
     def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,7 +142,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
                     step_scheduler: Callable[[], None] | None = None, start_step: int = 0,
                     totals: Totals | None = None,
                     after_step: Callable[[int, Totals], None] | None = None,
-                    sync_every: int = SYNC_EVERY,
+                    sync_every: int = SYNC_EVERY, logit_offsets: torch.Tensor | None = None,
+                    class_weights: torch.Tensor | None = None, bn_frozen: bool = False,
                     desc: str = "train", quiet: bool = False) -> Totals:
     """Train one epoch (or the rest of one, from `start_step`).
 
@@ -155,6 +165,11 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             (checkpointing, interrupt polling): `totals` are then exact.
         sync_every: steps between reads of the sums (counted from the epoch's start, so a
             resumed epoch reads at the same steps).
+        logit_offsets: (k,) added to the logits inside the loss only (logit adjustment); the
+            reported accuracy uses the plain logits, as prediction does.
+        class_weights: (k,) cross-entropy class weights.
+        bn_frozen: keep every BatchNorm layer in inference mode (running statistics fixed, the
+            affine weights still trained), as the Keras guide fine-tunes.
         desc: progress bar label.
         quiet: no progress bar.
 
@@ -177,6 +192,10 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     # come through train_run, e.g. the benchmark or a notebook).
     keep_freed_memory()
     model.train()
+    if bn_frozen:
+        set_bn_eval(model)
+    offsets = None if logit_offsets is None else logit_offsets.to(device)
+    weights = None if class_weights is None else class_weights.to(device)
     bar = progress(total=len(batches), initial=start_step, desc=desc, leave=False, quiet=quiet,
                unit="batch", dynamic_ncols=True)
     # The clock covers fetching and transforming each batch plus the step itself, not the
@@ -187,7 +206,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
         for step, (x, y) in enumerate(batches.iterate(start_step), start=start_step):
             with precision.autocast(device):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            adjusted = logits.float() if offsets is None else logits.float() + offsets
+            loss = F.cross_entropy(adjusted, y, weight=weights, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None and scaler.is_enabled():
                 scaler.scale(loss).backward()
@@ -227,6 +247,13 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     return totals
 
 
+def set_bn_eval(model: nn.Module) -> None:
+    """Put every BatchNorm layer of `model` in inference mode (the rest keeps its mode)."""
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval()
+
+
 @dataclass
 class EvalResult:
     """Loss and accuracies on one split, with the raw predictions when asked for."""
@@ -236,6 +263,8 @@ class EvalResult:
     acc5: float | None  # None with 5 classes or fewer, where top-5 is always 100%
     count: int
     seconds: float
+    bal_acc: float = 0.0  # balanced accuracy: mean per-class recall (training.metrics)
+    macro_f1: float = 0.0  # unweighted mean of the per-class F1 scores
     logits: torch.Tensor | None = None  # (N, k) float32 on the CPU, in dataset order
     labels: torch.Tensor | None = None
 
@@ -258,6 +287,7 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     kept_logits, kept_labels = [], []
     num_classes = 0
+    per_class = None  # (3, k) true positives, support, predictions (training.metrics.class_sums)
     with Timer(device) as timer:
         for x, y in progress(batches, desc=desc, leave=False, quiet=quiet, unit="batch"):
             with precision.autocast(device):
@@ -270,16 +300,22 @@ def evaluate(model: nn.Module, batches: Batches, *, precision: Precision | None 
             sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
                                  hits[:, 0].sum().double(), hits.any(1).sum().double(),
                                  torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+            counts = class_sums(y, top[:, 0], num_classes)
+            per_class = counts if per_class is None else per_class + counts
             if keep_logits:
                 kept_logits.append(logits.cpu())
                 kept_labels.append(y.cpu())
         sums = all_reduce_sum(sums, batches.dist)
+        if per_class is not None:
+            per_class = all_reduce_sum(per_class, batches.dist)
     model.train(was_training)
     loss, top1, top5, count = sums.tolist()
     n = max(count, 1)
     return EvalResult(
         loss=loss / n, acc1=top1 / n, acc5=top5 / n if num_classes > 5 else None, count=int(count),
         seconds=timer.seconds,
+        bal_acc=balanced_from_sums(per_class) if per_class is not None else 0.0,
+        macro_f1=macro_f1_from_sums(per_class) if per_class is not None else 0.0,
         logits=torch.cat(kept_logits) if kept_logits else None,
         labels=torch.cat(kept_labels) if kept_labels else None,
     )
@@ -350,6 +386,9 @@ class StagePlan:
     # On a non-finite loss, load the stage's best weights back. It costs a CPU copy of the
     # trained module at every improving epoch; training.run turns it off (it reloads best.pt).
     nan_restores_best: bool = True
+    logit_offsets: torch.Tensor | None = None  # (k,) added to the logits in the loss (logit adjustment)
+    class_weights: torch.Tensor | None = None  # (k,) cross-entropy class weights
+    bn_frozen: bool = False  # every BatchNorm in inference mode while training (StageConfig.bn_frozen)
     quiet: bool = False
 
 
@@ -395,7 +434,8 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
                 precision=plan.precision, scaler=plan.scaler,
                 step_scheduler=plan.scheduler.step_batch if plan.scheduler else None,
                 start_step=progress.step, totals=progress.totals, after_step=after_step,
-                sync_every=plan.sync_every,
+                sync_every=plan.sync_every, logit_offsets=plan.logit_offsets,
+                class_weights=plan.class_weights, bn_frozen=plan.bn_frozen,
                 desc=f"{plan.name} {epoch + 1}/{plan.epochs}", quiet=plan.quiet,
             )
         except NonFiniteLossError as err:
@@ -417,7 +457,9 @@ def fit(plan: StagePlan, progress: StageProgress | None = None, *,
             "stage": plan.name, "epoch": epoch + 1,
             "train_loss": totals.loss, "train_acc1": totals.acc1,
             "val_loss": val.loss if val else None, "val_acc1": val.acc1 if val else None,
-            "val_acc5": val.acc5 if val else None, "lr": lr,
+            "val_acc5": val.acc5 if val else None,
+            "val_bal_acc": val.bal_acc if val else None, "val_macro_f1": val.macro_f1 if val else None,
+            "lr": lr,
             "epoch_time_s": totals.seconds, "eval_time_s": val.seconds if val else 0.0,
             "images_per_s": totals.count / max(totals.seconds, 1e-9),
         }

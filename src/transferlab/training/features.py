@@ -21,9 +21,11 @@ Fast extraction on the CPU: measured on MobileNetV2 at 128 px on 2 shared cores 
 better than channels_last, bf16 autocast is off by ~10% of the output scale (not correct), and
 ``torch.compile`` with inductor weight freezing ~235 img/s (max abs difference 4e-5 from eager;
 one-time compile 15-70 s). ONNX Runtime's CPU session on the exported prefix is faster still and
-ready in a few seconds: see ``auto_backend`` for the measurements behind the ``auto`` rule. Every
-fast path is checked against eager on a batch first and falls back to eager (with a warning and
-the reason in the run's log) when it cannot be built or disagrees.
+ready in a few seconds: see ``auto_backend`` for the measurements behind the ``auto`` rule, which
+reads no clock (the engine changes the numbers, so it must not depend on the machine's load).
+Every fast path is checked against eager on a batch first and falls back to eager (with a warning
+and the reason in the run's log and in `make_extractor`'s record) when it cannot be built or
+disagrees.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ from torch import nn
 from transferlab.errors import TransferlabError
 from transferlab.logs import info, progress
 from transferlab.training.device import Precision
+from transferlab.training.prefix_cost import count_cost, eager_seconds_per_image
 
 EXTRACT_BACKENDS = ("eager", "compile", "onnxruntime")  # what make_extractor can build
 # Largest allowed |fast path - eager| relative to the eager outputs' scale (their largest
 # magnitude). Inductor reorders float sums more freely (measured 4e-5 at MobileNetV2's scale);
 # ONNX Runtime measured below 1e-5 (models/onnx_io.py).
 TOLERANCES = {"compile": 1e-3, "onnxruntime": 1e-4}
-CHECK_IMAGES = 8  # images in ONNX Runtime's check batch (and in auto's timed eager pass)
+CHECK_IMAGES = 8  # images in ONNX Runtime's check batch
 # The cost model of `auto` (see `auto_backend`): ONNX Runtime's export and session set-up in
 # seconds, a fixed part and a part per million weights, and the smallest speed-up over eager
 # measured at extraction batch sizes.
@@ -153,12 +156,14 @@ def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float
     """The backend `extract_backend: auto` picks: ONNX Runtime on the CPU when what it saves
     over the job is more than what it costs to set up, else eager.
 
-    `eager_s_per_image` is measured on the job's own model, input size and machine (a timed
-    eager pass over the check batch, after an untimed one: `make_extractor`), so the choice
-    follows all three and the number of images. The model of ONNX Runtime is conservative:
-    it saves at least ``1 - 1 / ORT_MIN_SPEEDUP`` of the eager time and costs
-    ``ORT_SETUP_S + ORT_SETUP_S_PER_MPARAM`` per million weights to export and load, plus its
-    check batch. Measured on the quiet 2-core CPU (channels-last input, 2 threads):
+    A pure function of its inputs, none of which is a clock: `eager_s_per_image` is estimated
+    from the operations the prefix runs for one image of the job's input size
+    (`prefix_cost.eager_seconds_per_image`), not timed, so the same command takes the same
+    numerical path on a quiet and on a busy machine (`make_extractor` records the choice, and a
+    resumed run reuses it). The model of ONNX Runtime is conservative: it saves at least
+    ``1 - 1 / ORT_MIN_SPEEDUP`` of the eager time and costs ``ORT_SETUP_S +
+    ORT_SETUP_S_PER_MPARAM`` per million weights to export and load, plus its check batch.
+    Measured on the quiet 2-core CPU (channels-last input, 2 threads):
 
         prefix (pooled)        weights  export + session   eager ms/img   onnxruntime ms/img
         mobilenet_v2 96 px       2.2 M       0.26 s            1.4         (batch 512: x1.9-2.1)
@@ -167,11 +172,13 @@ def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float
         inception_v3 75 px      21.8 M       0.91 s            5.6          3.8 (batch 512: x1.12-1.21)
         inception_v3 224 px     21.8 M       1.00 s           35.7         28.1
 
-    (`python bench/extract_backends.py --no-compile` gives the set-up and img/s at batch 64.)
-    So 128 InceptionV3 images at 224 px stay eager (ONNX Runtime would save ~1 s and cost
-    ~1.4 s), 300 MobileNetV2 photos at 224 px go to ONNX Runtime (saves ~3 s, costs 0.4 s), and
-    any split of thousands of images goes to ONNX Runtime. Off the CPU the prefix runs eagerly
-    (ONNX Runtime runs here on its CPU provider only; compile is not measured on GPUs).
+    (`python bench/extract_backends.py --no-compile` gives the set-up and img/s at batch 64;
+    `prefix_cost` estimates the eager column from FLOPs and written elements: 2.2, 11.9, 12.8,
+    2.6 and 35.8 ms.) So 128 InceptionV3 images at 224 px stay eager (ONNX Runtime would save
+    ~0.9 s and cost ~1.2 s), 300 MobileNetV2 photos at 224 px go to ONNX Runtime (saves ~0.7 s,
+    costs 0.35 s), and any split of thousands of images goes to ONNX Runtime. Off the CPU the
+    prefix runs eagerly (ONNX Runtime runs here on its CPU provider only; compile is not
+    measured on GPUs).
     """
     if device.type != "cpu":
         return "eager"
@@ -179,6 +186,30 @@ def auto_backend(device: torch.device, num_images: int, eager_s_per_image: float
     cost = (ORT_SETUP_S + ORT_SETUP_S_PER_MPARAM * params / 1e6
             + CHECK_IMAGES * eager_s_per_image / ORT_MIN_SPEEDUP)
     return "onnxruntime" if saving > cost else "eager"
+
+
+def _auto(prefix: nn.Module, sample: torch.Tensor, num_images: int,
+          log: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+    """`auto_backend` for this prefix and job: (backend, what the choice was made from).
+
+    Counted, not timed (`prefix_cost`): the same answer at any machine load.
+    """
+    if sample.device.type != "cpu":
+        return "eager", {"decided": "eager", "why": f"the frozen part runs eagerly on {sample.device.type}"}
+    try:
+        cost = count_cost(prefix, sample)
+    except Exception as err:  # noqa: BLE001 - an operator the counters cannot follow: stay eager
+        why = f"its operations could not be counted ({type(err).__name__}: {str(err)[:300]})"
+        log(f"feature extraction: eager (auto: {why})")
+        return "eager", {"decided": "eager", "why": why}
+    per_image = eager_seconds_per_image(cost)
+    backend = auto_backend(sample.device, num_images, per_image, cost.params)
+    log(f"feature extraction: eager would take ~{per_image * num_images:.1f} s for {num_images:,} "
+        f"images ({cost.gflops:.3g} GFLOP each, estimated from the operations, not timed), "
+        f"so {backend} (auto)")
+    return backend, {"decided": backend, "num_images": num_images, "params": cost.params,
+                     "gflops_per_image": cost.gflops, "melements_per_image": cost.melements,
+                     "estimated_eager_s": per_image * num_images}
 
 
 def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -211,47 +242,45 @@ def _onnxruntime(prefix: nn.Module, sample: torch.Tensor) -> Callable[[torch.Ten
 
 
 def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_images: int,
-                   log: Callable[[str], None] = info) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+                   log: Callable[[str], None] = info, record: dict[str, Any] | None = None,
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """Choose the fastest correct way to run the frozen prefix.
 
     A compiled or ONNX Runtime path is checked against eager on `sample` first; when it cannot be
     built or disagrees beyond its tolerance (`TOLERANCES`, relative to the largest eager output),
-    extraction falls back to eager and the reason is logged and warned.
+    extraction falls back to eager and the reason is logged and warned. Nothing here reads a
+    clock to choose: the same inputs give the same backend at any machine load.
 
     Args:
         prefix: frozen module in eval mode.
-        backend: one of EXTRACT_BACKENDS, or "auto": `auto_backend` on an eager pass timed here.
+        backend: one of EXTRACT_BACKENDS, or "auto": `auto_backend` on the prefix's counted cost.
         sample: one preprocessed input batch, used to check a fast path against eager.
         num_images: how many images will be extracted (auto uses a fast path only when it pays).
         log: where the choice and any fallback are reported.
+        record: a dict that receives the choice, for the run's records (summary.json, last.pt):
+            ``setting`` (`backend`), ``used`` (the backend returned), ``fallback`` (why a fast
+            backend was not used after all, else None) and, for auto, ``auto`` (what it decided
+            and from which counts). A resumed run passes the recorded ``used`` as `backend`.
 
     Returns:
         (function mapping an input batch to features, name of the backend used).
     """
-    device = sample.device
     if backend not in (*EXTRACT_BACKENDS, "auto"):
         raise TransferlabError(f"extract_backend={backend!r}; use auto, {', '.join(EXTRACT_BACKENDS)}")
+    record = {} if record is None else record
+    record.update(setting=backend, used="eager", fallback=None)
     eager = prefix
-    if backend == "eager" or (backend == "auto" and device.type != "cpu"):
+    if backend == "auto":
+        backend, record["auto"] = _auto(prefix, sample, num_images, log)
+    if backend == "eager":
         return eager, "eager"
     # A compiled graph is specialised to the batch shape, so it is checked on the whole batch;
     # ONNX Runtime's batch axis is dynamic, and a smaller check batch halves its set-up time.
     check = sample if backend == "compile" else sample[:CHECK_IMAGES]
     with torch.inference_mode():
-        reference = eager(check).float()  # also the warm-up of the timed pass below
-        if backend == "auto":
-            # The same shape again: the first pass paid for oneDNN's primitive creation.
-            start = time.perf_counter()
-            eager(check)
-            per_image = (time.perf_counter() - start) / len(check)
-            params = sum(p.numel() for p in prefix.parameters())
-            backend = auto_backend(device, num_images, per_image, params)
-            log(f"feature extraction: eager would take ~{per_image * num_images:.1f} s for "
-                f"{num_images:,} images, so {backend} (auto)")
-            if backend == "eager":
-                return eager, "eager"
+        reference = eager(check).float()
     try:
-        start = time.perf_counter()
+        start = time.perf_counter()  # reported only; the choice is made
         if backend == "compile":
             import torch._inductor.config as inductor_config
 
@@ -272,12 +301,15 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
                                f"{TOLERANCES[backend]:g} x the output scale {scale:.3g}")
         log(f"feature extraction: {backend} ready in {time.perf_counter() - start:.1f} s "
             f"(max difference from eager {error:.2g})")
+        record["used"] = backend
         return fast, backend
     except Exception as err:  # noqa: BLE001 - any compiler or exporter failure means: use eager
         reason = f"{type(err).__name__}: {str(err)[:500]}"
         warnings.warn(f"feature extraction: {backend} failed ({reason}); "
                       "falling back to eager PyTorch (slower, same results)", stacklevel=2)
         log(f"feature extraction: {backend} failed ({reason}); falling back to eager")
+        # Eager is a numerical path of its own: recorded, so that a resumed run keeps to it.
+        record["fallback"] = f"{backend} failed ({reason})"
         return eager, "eager"
 
 
@@ -285,7 +317,8 @@ def make_extractor(prefix: nn.Module, backend: str, sample: torch.Tensor, num_im
 def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_images: int,
             precision: Precision | None = None, desc: str = "extract", quiet: bool = False,
             log: Callable[[str], None] = info, out: np.ndarray | None = None,
-            reuse: dict[str, Any] | None = None) -> tuple[torch.Tensor, float, str]:
+            reuse: dict[str, Any] | None = None,
+            record: dict[str, Any] | None = None) -> tuple[torch.Tensor, float, str]:
     """Run the frozen prefix over all batches.
 
     Args:
@@ -302,6 +335,7 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
         reuse: a dict shared by the calls for several splits of one prefix: the first call stores
             the extractor it built there and later calls use it, so an export or a compile (and
             the auto choice, made for `num_images`) happens once for all splits.
+        record: receives the backend choice (`make_extractor`) when this call makes it.
 
     Returns:
         (float32 CPU features in input order, seconds, backend used); with `out`, the features
@@ -319,7 +353,7 @@ def extract(prefix: nn.Module, batches: object, *, backend: str = "auto", num_im
         extractor, used, full = reuse["extractor"], reuse["used"], reuse["full"]
     for x, _ in progress(batches, desc=desc, leave=False, quiet=quiet, unit="batch"):
         if extractor is None:
-            extractor, used = make_extractor(prefix, backend, x, num_images, log)
+            extractor, used = make_extractor(prefix, backend, x, num_images, log, record=record)
             full = len(x)
             if reuse is not None:
                 reuse.update(extractor=extractor, used=used, full=full)

@@ -19,7 +19,7 @@ near the machine's peak. On CUDA nothing changes: the model runs whole, eagerly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -63,7 +63,8 @@ class FastPrefix(NamedTuple):
 
 
 def fast_prefix(model: nn.Module, train: str, backend: str, sample: torch.Tensor, num_images: int,
-                log: Callable[[str], None] = info) -> FastPrefix | None:
+                log: Callable[[str], None] = info,
+                record: dict[str, Any] | None = None) -> FastPrefix | None:
     """The frozen part below `train` on a fast engine, or None when the whole model should
     simply run eagerly.
 
@@ -74,19 +75,29 @@ def fast_prefix(model: nn.Module, train: str, backend: str, sample: torch.Tensor
     Args:
         model: the stage's model, frozen for `train` already (`stage_loop.apply_freeze`).
         train: the stage's `train` setting.
-        backend: the run's `extract_backend`.
+        backend: the run's `extract_backend` (on resume, the one the run recorded).
         sample: one batch of model inputs on the run's device (the check batch).
         num_images: images the prefix will run over during the stage (epochs x split sizes).
         log: where the choice and any fallback are reported.
+        record: receives the choice as `features.make_extractor` records it (left empty when
+            nothing is frozen: there is no choice to make).
     """
+    record = {} if record is None else record
     if sample.device.type != "cpu" or backend == "eager":
+        if feats.split_model(model, train) is not None:
+            record.update(setting=backend, used="eager", fallback=None)
+            off_cpu = f"the frozen part runs eagerly on {sample.device.type}"
+            if backend == "auto":
+                record["auto"] = {"decided": "eager", "why": off_cpu}
+            elif backend != "eager":
+                record["fallback"] = off_cpu
         return None
     parts = feats.split_model(model, train)
     if parts is None:
         return None
     prefix, tail = parts
     prefix.eval()
-    run, used = feats.make_extractor(prefix, backend, sample, num_images, log=log)
+    run, used = feats.make_extractor(prefix, backend, sample, num_images, log=log, record=record)
     if used == "eager":
         return None  # make_extractor said why; the full model trains eagerly as before
     with torch.no_grad():

@@ -10,6 +10,7 @@ The steps, in the order `_train` calls them, each in a file named after what it 
 - `rundir.py`: name the run directory, guard it, write metrics.csv / metrics.jsonl;
 - `prepare.py`: load the dataset and splits, build the model and its transforms;
 - `run_state.py`: `RunState`, restore it from last.pt, write best.pt / last.pt;
+- `imbalance.py`: whether the training classes are uneven and what the run does about it;
 - `stage_loop.py`: one stage (freeze, batches, optimiser, `engine.fit`, checkpoints), using
   `cache_plan.py` to train on cached features when it can;
 - `summary.py`: the test pass with best.pt and summary.json (written last).
@@ -33,6 +34,7 @@ from transferlab.training.context import RunContext
 from transferlab.training.cpu_memory import keep_freed_memory
 from transferlab.training.device import select_device, select_precision
 from transferlab.training.engine import StageProgress
+from transferlab.training.imbalance import resolve as resolve_imbalance
 from transferlab.training.interrupt import InterruptFlag
 from transferlab.training.leakage import check_exact
 from transferlab.training.prepare import build_model, load_data, split_files
@@ -117,6 +119,11 @@ def _train(run: RunContext) -> Path:
     from transferlab.recipes import describe
 
     run.log(describe(c))
+    run.imbalance = resolve_imbalance(c.imbalance, run.data["train"][1],
+                                      len(run.dataset.classes), c.imbalance_ratio)
+    run.log(run.imbalance.describe())
+    # config.yaml records what `auto` chose, so the run's file says what it did.
+    c.imbalance = run.imbalance.method
     if run.ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         check_exact(run)  # copies of training images in val/test: warned about, never fatal

@@ -25,7 +25,7 @@ from transferlab.training import distributed as dist_utils
 from transferlab.training.context import RunContext
 
 METRIC_COLUMNS = ("stage", "epoch", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5",
-                  "lr", "epoch_time_s", "eval_time_s", "images_per_s")
+                  "val_bal_acc", "val_macro_f1", "lr", "epoch_time_s", "eval_time_s", "images_per_s")
 
 # Fields that may differ between the interrupted and the resumed session (they change nothing
 # in the results).

@@ -31,6 +31,7 @@ from transferlab.training.engine import (
     fit,
 )
 from transferlab.training.frozen_prefix import ThenPrefix, fast_prefix
+from transferlab.training.imbalance import loss_terms
 from transferlab.training.optim import StageScheduler, build_optimizer
 from transferlab.training.prepare import stage_augment
 from transferlab.training.run_state import RunState, save_best, save_last
@@ -44,14 +45,22 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
     apply_freeze(run.model, stage.train)
     augment = stage_augment(c, stage)
     batch_size = c.stage_batch_size(stage)
-    parts = cache_plan(run, stage)
-    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))
+    info: dict[str, Any] = dict(state.stage_info.get(stage.name, {}))  # on resume, last.pt's
+    parts = cache_plan(run, stage, recorded=info.get("cached_features"))
     info.update({"train": stage.train, "cached_features": parts is not None})
+    # The engine of the frozen part changes the numbers (~1e-6): a resumed stage keeps the one
+    # its run chose (recorded in last.pt) instead of choosing again.
+    recorded = info.get("backend_choice")
+    backend = _backend(run, stage, recorded)
+    choice: dict[str, Any] = {}
     fast = None  # the frozen part on a fast engine, when it runs every step
+    imbalance = run.imbalance
+    balanced = imbalance is not None and imbalance.method == "balanced_sampler"
+    by_balanced = imbalance is not None and imbalance.uneven  # best.pt by val balanced accuracy
     nchw_tail = False  # a tail on 1 x 1 maps put in NCHW for this stage (restored after it)
     if parts is not None:
         prefix, tail = parts
-        cached = cached_features(run, stage, prefix, tail)
+        cached = cached_features(run, stage, prefix, tail, backend=backend, record=choice)
         features = cached.pop("features")
         info.update({k: v for k, v in cached.items() if k != "backend" or cached["extracted_images"]})
         trained: nn.Module = tail
@@ -60,7 +69,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
 
         def batches(split: str, size: int, shuffle: bool, epoch: int = 0) -> Batches:
             return Batches(features[split], labels[split], size, shuffle=shuffle, seed=c.seed,
-                           epoch=epoch, device=run.device, dist=run.ctx, train=shuffle)
+                           epoch=epoch, device=run.device, dist=run.ctx, train=shuffle,
+                           balanced=balanced and shuffle)
         run.stage_features = (stage.train, trained, batches)
     else:
         trained = run.model
@@ -70,7 +80,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             sample = next(iter(run.image_batches("train", batch_size)))[0]
             images = stage.epochs * len(run.data["train"][1]) + sum(
                 len(run.data[s][1]) for s in run.data if s != "train")
-            fast = fast_prefix(run.model, stage.train, c.extract_backend, sample, images, log=run.log)
+            fast = fast_prefix(run.model, stage.train, backend, sample, images, log=run.log,
+                               record=choice)
         if fast is not None:
             trained = fast.tail
             info["frozen_part_backend"] = fast.backend
@@ -83,7 +94,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                 transform = ThenPrefix(transform, fast.run, c.channels_last)
             return Batches(x, y, size, shuffle=shuffle, seed=c.seed, epoch=epoch,
                            transform=transform, device=run.device, dist=run.ctx,
-                           channels_last=c.channels_last and not nchw_tail, train=shuffle)
+                           channels_last=c.channels_last and not nchw_tail, train=shuffle,
+                           balanced=balanced and shuffle)
         # The test pass may use these batches only while the frozen part is the whole run's.
         run.stage_features = (stage.train, trained, batches) if fast is not None else None
 
@@ -92,6 +104,8 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         b = batches("train", batch_size, True, epoch)
         b.seed = derive_seed(c.seed, "stage", si)
         return b
+
+    _record_choice(run, stage, info, recorded, choice)
 
     trainable = [p for p in trained.parameters() if p.requires_grad]
     if not trainable:
@@ -124,6 +138,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
             f"{stage.epochs} epochs of {steps} steps (batch {batch_size})"
             + (", on cached features" if parts is not None else f", augment {augment}")
             + (f", the frozen part on {fast.backend} every step" if fast is not None else ""))
+    offsets, weights = loss_terms(imbalance)
     plan = StagePlan(
         name=stage.name, model=module, optimizer=optimizer, train_batches=train_batches,
         val_batches=batches("val", c.eval_batch(), False) if "val" in run.data else None,
@@ -134,6 +149,7 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
         sync_every=math.gcd(SYNC_EVERY, c.checkpoint_every) if c.checkpoint_every else SYNC_EVERY,
         # After a non-finite loss `summary.finish` reloads best.pt: no in-memory copy of the best needed.
         nan_restores_best=False,
+        logit_offsets=offsets, class_weights=weights, bn_frozen=stage.bn_frozen,
     )
 
     def on_step(progress: StageProgress) -> None:
@@ -157,9 +173,10 @@ def run_stage(run: RunContext, stage: StageConfig, si: int, state: RunState,
                     run.writer.add_scalar(f"{key}", value, global_epoch)
             run.writer.flush()
         value = row["val_acc1"]
-        if value is None or state.best_value is None or is_better(row, state.rows[:-1]):
+        if value is None or state.best_value is None or is_better(row, state.rows[:-1], by_balanced):
             state.best_value = value
-            save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value})
+            save_best(run, None, {"stage": stage.name, "epoch": row["epoch"], "val_acc1": value,
+                                  "val_bal_acc": row.get("val_bal_acc")})
         write_metrics(run, state.rows)
         save_last(run, state, optimizer, scheduler, scaler, started)
         if run.interrupt.poll(run.ctx, run.device):
@@ -198,6 +215,42 @@ def apply_freeze(model: nn.Module, train: str) -> None:
     freeze(model, boundary_for(model, train))
 
 
+def _backend(run: RunContext, stage: StageConfig, recorded: dict[str, Any] | None) -> str:
+    """The backend to run this stage's frozen part on: the config's `extract_backend`, or on
+    resume the one the run recorded for the stage (unless the resumed config names another
+    engine explicitly: that is a request to change the numerical path)."""
+    setting = run.config.extract_backend
+    if recorded is None:
+        return setting
+    if setting not in ("auto", recorded["setting"]):
+        run.log(f"stage {stage.name}: extract_backend {setting} on resume instead of the recorded "
+                f"{recorded['used']}; the numbers may differ slightly from an uninterrupted run")
+        return setting
+    run.log(f"stage {stage.name}: the frozen part on {recorded['used']}, as recorded in last.pt "
+            f"(extract_backend {recorded['setting']})")
+    return recorded["used"]
+
+
+def _record_choice(run: RunContext, stage: StageConfig, info: dict[str, Any],
+                   recorded: dict[str, Any] | None, choice: dict[str, Any]) -> None:
+    """Keep the stage's backend choice in its info (summary.json, last.pt).
+
+    `choice` is empty when nothing was chosen in this session (features from the cache, nothing
+    frozen). A resumed stage keeps its recorded choice; only a different outcome (the recorded
+    engine failed its check this time, or the config now names another) replaces it, with the
+    earlier one kept beside it.
+    """
+    if not choice:
+        return
+    if recorded is None:
+        info["backend_choice"] = choice
+    elif choice["used"] != recorded["used"]:
+        run.log(f"stage {stage.name}: the frozen part now runs on {choice['used']}, not on the "
+                f"recorded {recorded['used']}; the numbers may differ slightly from an "
+                "uninterrupted run")
+        info["backend_choice"] = {**choice, "earlier": recorded}
+
+
 def _nchw_tail(run: RunContext, tail: nn.Module, shape: tuple[int, ...], info: dict[str, Any]) -> bool:
     """Put a channels-last run's tail in NCHW when its inputs are 1 x 1 maps
     (`features.tail_wants_nchw`); True when it did (`run_stage` restores the layout after)."""
@@ -208,14 +261,17 @@ def _nchw_tail(run: RunContext, tail: nn.Module, shape: tuple[int, ...], info: d
     return True
 
 
-def is_better(row: dict[str, Any], earlier: list[dict[str, Any]]) -> bool:
-    """Whether an epoch beats every earlier one for best.pt: higher val_acc1, and at equal
-    accuracy lower val_loss (a validation set of a few dozen photos ties often, and the later
-    fine-tuned model with the lower loss is then the better one)."""
-    def key(r: dict[str, Any]) -> tuple[float, float]:
-        return (r["val_acc1"], -r["val_loss"])
+def is_better(row: dict[str, Any], earlier: list[dict[str, Any]], balanced: bool = False) -> bool:
+    """Whether an epoch beats every earlier one for best.pt: higher val_acc1 (val_bal_acc when
+    `balanced`: on uneven classes a model that gives up a small class can still gain top-1), and
+    at equal accuracy lower val_loss (a validation set of a few dozen photos ties often, and the
+    later fine-tuned model with the lower loss is then the better one)."""
+    metric = "val_bal_acc" if balanced else "val_acc1"
 
-    scored = [key(r) for r in earlier if r.get("val_acc1") is not None and r.get("val_loss") is not None]
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        return (r[metric], -r["val_loss"])
+
+    scored = [key(r) for r in earlier if r.get(metric) is not None and r.get("val_loss") is not None]
     return not scored or key(row) > max(scored)
 
 
@@ -230,6 +286,8 @@ def _format_row(row: dict[str, Any]) -> str:
             f"acc {row['train_acc1']:.4f}")
     if row["val_loss"] is not None:
         text += f" | val loss {row['val_loss']:.4f} acc {row['val_acc1']:.4f}"
+        if row.get("val_bal_acc") is not None:
+            text += f" bal acc {row['val_bal_acc']:.4f}"
     return text + f" | {row['epoch_time_s']:.2f} s, {row['images_per_s']:.0f} img/s"
 
 

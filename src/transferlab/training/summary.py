@@ -59,6 +59,8 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         "test_acc1": result.acc1 if result else None,
         "test_acc5": result.acc5 if result else None,
         "test_loss": result.loss if result else None,
+        "test_bal_acc": result.bal_acc if result else None,
+        "test_macro_f1": result.macro_f1 if result else None,
         "epochs": {s.name: state.stage_info.get(s.name, {}).get("epochs", 0) for s in c.stages},
         "epoch_time_s": mean([r["epoch_time_s"] for r in rows]),
         "eval_time_s": result.seconds if result else None,
@@ -74,6 +76,7 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         "input_size": list(run.input_size),
         "best_val_acc1": state.best_value,
         "calibration": calibration,
+        "imbalance": run.imbalance.to_dict() if run.imbalance is not None else None,
         "stopped": state.stopped,
         "stages": state.stage_info,
         "versions": library_versions(),
@@ -90,7 +93,8 @@ def finish(run: RunContext, state: RunState, started: float) -> Path:
         atomic_write_text(run.run_dir / SUMMARY, dumps(summary, indent=2) + "\n")
         if result is not None:
             acc5 = f" acc5 {result.acc5:.4f}" if result.acc5 is not None else ""
-            run.log(f"test acc1 {result.acc1:.4f}{acc5}; run directory {run.run_dir}")
+            run.log(f"test acc1 {result.acc1:.4f}{acc5} balanced acc {result.bal_acc:.4f} "
+                    f"macro-F1 {result.macro_f1:.4f}; run directory {run.run_dir}")
         else:
             run.log(f"no best checkpoint, so no test pass (test metrics are null); run directory "
                     f"{run.run_dir}")
