@@ -280,7 +280,7 @@ def test_outputs_under_a_file_are_named_before_any_work(
         raise AssertionError("the output path must be checked before the model is loaded")
 
     # Imported before patching: a module first imported while a name is patched would bind the
-    # stand-in for good (report.builder binds evaluate_run at import).
+    # stand-in for good (report.evaluation binds evaluate_run at import).
     importlib.import_module("transferlab.report.builder")
     importlib.import_module("transferlab.export")
     monkeypatch.setattr("transferlab.export.load_checkpoint_model", no_work)

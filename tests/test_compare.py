@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from transferlab.cli import main
 from transferlab.compare import deep_merge, load_compare_config, parse_compare_config, plan_runs
 from transferlab.errors import TransferlabError
+from transferlab.metrics import class_scores, confusion_matrix
 from transferlab.report.tables import fmt_pct, fmt_seconds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +63,17 @@ def test_compare_end_to_end(tmp_path, capsys):
         row = markdown_row(report, entry["label"])
         assert row[1] == fmt_pct(summary["test_acc1"])
         assert row[2] == fmt_pct(summary["test_acc5"])
-        assert row[3] == fmt_seconds(summary["epoch_time_s"])
-        assert row[4] == fmt_seconds(summary["val_time_s"])
-        assert row[5] == fmt_seconds(summary["eval_time_s"])
-        assert row[9] == f"{summary['params_trainable']:,}"
+        # Balanced accuracy and macro-F1 beside top-1, from the run's summary or, for a run
+        # that did not record them, from its test predictions.
+        npz = np.load(out / entry["name"] / "predictions_test.npz")
+        scores = class_scores(confusion_matrix(npz["labels"], npz["logits"].argmax(1),
+                                               npz["logits"].shape[1]))
+        assert row[3] == fmt_pct(summary.get("test_bal_acc", scores.balanced_accuracy))
+        assert row[4] == fmt_pct(summary.get("test_macro_f1", scores.macro_f1))
+        assert row[5] == fmt_seconds(summary["epoch_time_s"])
+        assert row[6] == fmt_seconds(summary["val_time_s"])
+        assert row[7] == fmt_seconds(summary["eval_time_s"])
+        assert row[11] == f"{summary['params_trainable']:,}"
         assert entry["label"] in html
     comparison = json.loads((out / "comparison.json").read_text())
     assert [m["name"] for m in comparison["models"]] == [m["name"] for m in TINY["models"]]

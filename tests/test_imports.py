@@ -20,10 +20,11 @@ PACKAGE = "transferlab"
 
 # Lowest first. A module belongs to the layer of its longest listed prefix. Modules the style
 # guide does not name sit where their imports put them: config, predict and export use data and
-# models and serve training and the commands; evaluation reads a finished run and draws its figures
-# with report.figures, and the report includes it; results is the shared reader of the files
-# that compare / sweep write and the report reads. The package itself (`import transferlab as tl`)
-# is the public face over the API, so it sits in the api layer, as itself only (`ROOT`).
+# models and serve training and the commands; evaluation reads a finished run (its predictions,
+# best.pt, its dataset) and writes RUN_DIR/evaluation/ with its own figures, below the report,
+# which reads those files; results is the shared reader of the files that compare / sweep write
+# and the report reads. The package itself (`import transferlab as tl`) is the public face over
+# the API, so it sits in the api layer, as itself only (`ROOT`).
 ROOT = "transferlab"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("transferlab._version", "transferlab.errors", "transferlab.io", "transferlab.choices",
@@ -35,7 +36,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("results", ("transferlab.results",)),
     ("compare/sweep", ("transferlab.compare", "transferlab.sweep", "transferlab.ranking",
                        "transferlab.audit")),
-    ("report", ("transferlab.report", "transferlab.evaluation")),
+    ("evaluation", ("transferlab.evaluation",)),
+    ("report", ("transferlab.report",)),
     ("api", ("transferlab.api", ROOT)),
     ("commands", ("transferlab.commands", "transferlab.cli", "transferlab.__main__")),
 )

@@ -48,11 +48,11 @@ def test_a_report_of_own_photos_has_no_2018_numbers_and_a_cifar_run_does(tmp_pat
     _retarget(photos, "folder:/home/me/photos", ["apple", "bee", "cloud", "dolphin"])
     text = write_report([photos], tmp_path / "a", data_figures=False).markdown.read_text()
     row = markdown_rows(text, "inception_v3")[0]
-    assert row[11] == "–" and row[12] == "–"
+    assert row[13] == "–" and row[14] == "–"
     assert "2018 study's columns are left empty" in text
 
     cifar = make_run(tmp_path / "runs2", "inception_v3", "inception_v3", 0, pretrained=True)
     _retarget(cifar, "folder:../shared/data/cifar10-jpeg.tar.gz", list(CIFAR10_CLASSES))
     text = write_report([cifar], tmp_path / "b", data_figures=False).markdown.read_text()
     row = markdown_rows(text, "inception_v3")[0]
-    assert row[11] == fmt_pct(0.4954) and row[12] == fmt_seconds(217.0)
+    assert row[13] == fmt_pct(0.4954) and row[14] == fmt_seconds(217.0)

@@ -78,7 +78,7 @@ class Run:
     def plot_curves(self) -> Any:
         """Loss and top-1 accuracy per epoch, train and validation, stages marked (a matplotlib
         `Figure`; the report draws the same)."""
-        from transferlab.report.figures import learning_curves_figure
+        from transferlab.evaluation.figures import learning_curves_figure
 
         rows = self.metrics
         if not rows:
@@ -90,22 +90,28 @@ class Run:
             raise TransferlabError(f"{self.path} is not finished (no {SUMMARY}), so it cannot be "
                                    f"{what}; continue it with Run(path).resume()")
 
-    def evaluate(self, device: str | None = None, pairs: int = 20) -> Any:
-        """Top-1/top-5, per-class accuracy, the confusion matrix and the most-confused pairs.
+    def evaluate(self, device: str | None = None, pairs: int = 20, gallery: bool = False,
+                 heatmaps: bool = True) -> Any:
+        """Top-1/top-5, balanced accuracy, macro-F1, per-class precision/recall/F1, calibration,
+        the confusion matrix and the most-confused pairs; on request the error gallery.
 
         From the run's own test predictions (predictions_test.npz), else by predicting the
-        test split with best.pt.
+        test split with best.pt. The calibration uses the temperature the run fitted.
 
         Args:
             device: for predicting with best.pt: auto (default), cpu, cuda, ...
             pairs: how many most-confused pairs to list.
+            gallery: also choose the test photos the model gets most wrong (loads best.pt and
+                the run's dataset).
+            heatmaps: draw Grad-CAM heatmaps over the gallery (needs captum).
 
         Returns:
             An `Evaluation` (`plot_confusion()` draws it; `write_evaluation` saves it).
         """
         from transferlab.evaluation import evaluate_run
 
-        return evaluate_run(self.path, device=device, num_pairs=pairs)
+        return evaluate_run(self.path, device=device, num_pairs=pairs, gallery=gallery,
+                            heatmaps=heatmaps)
 
     def export(self, format: str = "onnx", path: str | os.PathLike[str] | None = None,
                opset: int | None = None) -> Path:

@@ -54,6 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ".onnx or .torchscript.pt file runs on the CPU)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+    parser.add_argument(
+        "--explain", metavar="DIR", default=None,
+        help="also write a Grad-CAM heatmap of the predicted class for each image into DIR "
+        "(needs best.pt or weights, not .onnx, and captum: pip install \"transferlab[explain]\")",
+    )
     config_flag(parser, "max_image_pixels")
     parser.set_defaults(func=run)
     return parser
@@ -72,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
     predictions = classifier.predict(args.images, top=args.top, batch_size=args.batch_size,
                                      max_pixels=args.max_image_pixels,
                                      min_confidence=args.min_confidence)
+    if args.explain:
+        from pathlib import Path
+
+        from transferlab.evaluation.explain import explain_files
+        from transferlab.predict import expand_images
+
+        explain_files(classifier.model, expand_images(args.images), Path(args.explain),
+                      device=classifier.device, max_pixels=args.max_image_pixels)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
         return 0
@@ -80,4 +93,6 @@ def run(args: argparse.Namespace) -> int:
         for rank, ((name, prob), index) in enumerate(zip(prediction.top, prediction.indices, strict=True),
                                                      start=1):
             print(f"  {rank}. {prob:7.2%}  {name} ({index})")
+    if args.explain:
+        print(f"wrote the heatmaps into {args.explain}")
     return 0

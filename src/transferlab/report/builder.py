@@ -9,13 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from transferlab.errors import TransferlabError
-from transferlab.evaluation import evaluate_run
+from transferlab.evaluation import figures
 from transferlab.io import atomic_write_text, check_dir_path
-from transferlab.report import figures
 from transferlab.report.document import (
     Bullets,
     Code,
@@ -27,6 +25,7 @@ from transferlab.report.document import (
     to_html,
     to_markdown,
 )
+from transferlab.report.evaluation import evaluation_section
 from transferlab.report.ranking import ranking_section
 from transferlab.report.tables import (
     COMPARISON_HEADERS,
@@ -44,8 +43,6 @@ from transferlab.results.reference import (
 )
 from transferlab.results.runs import GroupSummary, RunRecord, find_runs, summarise_groups
 from transferlab.results.sweeps import SWEEP_FILE, load_sweep, pivot
-
-NUM_PAIRS = 10  # most-confused pairs shown per model
 
 
 @dataclass(frozen=True)
@@ -137,53 +134,6 @@ def _curves_section(doc: Document, groups: Sequence[GroupSummary], labels: Mappi
                                             title=label)
         doc.add(Figure(path, f"{label} ({run.name}): loss and top-1 accuracy per epoch; dashed "
                              "lines mark the start of each training stage."))
-
-
-def _pairs_table(pairs: Sequence[Any], caption: str) -> Table:
-    """Most-confused pairs as a table."""
-    return Table(["true class", "predicted as", "images", "share of the true class"],
-                 [[p.true, p.predicted, str(p.count), fmt_pct(p.fraction_of_true)] for p in pairs],
-                 caption=caption)
-
-
-def _evaluation_section(doc: Document, groups: Sequence[GroupSummary],
-                        labels: Mapping[str, str], fig_dir: Path) -> None:
-    """Confusion matrices and most-confused pairs of each model's first run."""
-    doc.add(Heading("Confusion matrices and most-confused classes"))
-    for g in groups:
-        run = g.runs[0]
-        label = labels.get(g.name, g.name)
-        doc.add(Heading(label, level=3))
-        try:
-            result = evaluate_run(run.path, num_pairs=NUM_PAIRS)
-        except TransferlabError as err:
-            doc.add(Paragraph(f"Not evaluated: {err}"))
-            continue
-        slug = _slug(g.name)
-        path = figures.plot_confusion_matrix(result.confusion, result.classes,
-                                             fig_dir / f"confusion_{slug}.png", title=label)
-        doc.add(
-            Paragraph(f"Test top-1 {fmt_pct(result.test_acc1)}"
-                      + (f", top-5 {fmt_pct(result.test_acc5)}" if result.test_acc5 is not None else "")
-                      + " "
-                      f"on {int(result.confusion.sum()):,} test images (from {result.source}). "
-                      f"Lowest per-class accuracy: {_worst_classes(result)}."),
-            Figure(path, f"{label}: confusion matrix, rows normalised to the true class."),
-            _pairs_table(result.confused_pairs, f"{label}: most-confused class pairs."),
-        )
-        if result.coarse_confusion is not None:
-            coarse = figures.plot_confusion_matrix(
-                result.coarse_confusion, result.coarse_classes,
-                fig_dir / f"confusion_coarse_{slug}.png", title=f"{label}, 20 superclasses")
-            doc.add(Figure(coarse, f"{label}: confusion between the 20 CIFAR-100 superclasses."),
-                    _pairs_table(result.coarse_confused_pairs,
-                                 f"{label}: most-confused superclass pairs."))
-
-
-def _worst_classes(result: Any, n: int = 3) -> str:
-    """The n classes with the lowest accuracy, as text."""
-    order = [i for i in np.argsort(result.per_class_acc) if not np.isnan(result.per_class_acc[i])]
-    return ", ".join(f"{result.classes[i]} {fmt_pct(result.per_class_acc[i])}" for i in order[:n])
 
 
 def _data_section(doc: Document, run: RunRecord, fig_dir: Path) -> None:
@@ -322,7 +272,7 @@ def build_document(
         ranking_section(doc, rank, records)
     _reference_section(doc)
     _curves_section(doc, groups, labels, fig_dir)
-    _evaluation_section(doc, groups, labels, fig_dir)
+    evaluation_section(doc, groups, labels, fig_dir)
     if data_figures:
         _data_section(doc, runs[0], fig_dir)
     if sweep_dirs:

@@ -49,7 +49,7 @@ def fmt_epochs(epochs: Mapping[str, float]) -> str:
 
 
 COMPARISON_HEADERS = (
-    "model", "test top-1", "test top-5", "train s/epoch", "val s/epoch", "test pass (s)",
+    "model", "test top-1", "test top-5", "balanced acc.", "macro-F1", "train s/epoch", "val s/epoch", "test pass (s)",
     "epochs", "wall time (s)", "images/s", "trainable params", "total params",
     "2018 top-1", "2018 s/epoch",
 )
@@ -63,6 +63,8 @@ def comparison_rows(records: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             str(r["label"]),
             fmt_pct(r["test_acc1"], r.get("test_acc1_std")),
             fmt_pct(r["test_acc5"], r.get("test_acc5_std")),
+            fmt_pct(r.get("test_bal_acc"), r.get("test_bal_acc_std")),
+            fmt_pct(r.get("test_macro_f1"), r.get("test_macro_f1_std")),
             fmt_seconds(r["epoch_time_s"], r.get("epoch_time_s_std")),
             fmt_seconds(r["val_time_s"], r.get("val_time_s_std")),
             fmt_seconds(r["eval_time_s"], r.get("eval_time_s_std")),

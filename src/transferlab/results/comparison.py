@@ -33,8 +33,8 @@ def comparison_records(
             "dataset": s.get("dataset"),
             "seeds": len(g.runs),
         }
-        for key in ("test_acc1", "test_acc5", "epoch_time_s", "val_time_s", "eval_time_s",
-                    "images_per_s", "wall_time_s"):
+        for key in ("test_acc1", "test_acc5", "test_bal_acc", "test_macro_f1", "epoch_time_s",
+                    "val_time_s", "eval_time_s", "images_per_s", "wall_time_s"):
             record[key] = g.mean.get(key)
             record[f"{key}_std"] = g.std.get(key)
         record["epochs"] = g.epochs

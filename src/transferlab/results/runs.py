@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import TransferlabError
-from transferlab.runfiles import SUMMARY, is_finished
+from transferlab.runfiles import PREDICTIONS, SUMMARY, is_finished
 
 SUMMARY_FILE = SUMMARY  # the one name, in transferlab.runfiles
 SEED_SUFFIX = re.compile(r"-seed(\d+)$")
@@ -27,6 +27,8 @@ SEED_SUFFIX = re.compile(r"-seed(\d+)$")
 NUMERIC_FIELDS = (
     "test_acc1",
     "test_acc5",
+    "test_bal_acc",
+    "test_macro_f1",
     "epoch_time_s",
     "eval_time_s",
     "val_time_s",
@@ -93,10 +95,30 @@ def load_run(run_dir: Path) -> RunRecord:
     config = run_dir / "config.yaml"
     return RunRecord(
         path=run_dir,
-        summary=summary,
+        summary=_with_class_means(summary, run_dir),
         metrics=read_metrics(run_dir),
         config_text=config.read_text(encoding="utf-8") if config.is_file() else "",
     )
+
+
+def _with_class_means(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The summary with test balanced accuracy and macro-F1, from the run's test predictions
+    when the summary predates them (older runs recorded top-1 and top-5 only)."""
+    path = run_dir / PREDICTIONS
+    if ("test_bal_acc" in summary and "test_macro_f1" in summary) or not path.is_file():
+        return summary
+    import numpy as np
+
+    from transferlab.metrics import class_scores, confusion_matrix
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels, logits = npz["labels"], npz["logits"]
+    except (OSError, KeyError, ValueError):
+        return summary  # an unreadable file leaves the columns empty, as before
+    scores = class_scores(confusion_matrix(labels, logits.argmax(axis=1), logits.shape[1]))
+    return {**summary, "test_bal_acc": scores.balanced_accuracy,
+            "test_macro_f1": scores.macro_f1}
 
 
 def find_runs(paths: Iterable[Path]) -> list[RunRecord]:

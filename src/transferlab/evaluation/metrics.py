@@ -1,24 +1,13 @@
-"""Evaluation of a finished run: top-k accuracy, confusion matrix, per-class accuracy, confusions.
+"""The numbers of an evaluation: top-k accuracy, confusion matrix, per-class scores, confusions,
+and calibration.
 
 Everything here works on test predictions (labels and logits), so it is the same whether the
 predictions come from a run's `predictions_test.npz` (fast) or from re-running the best checkpoint.
-`evaluate_run` chooses between the two and `write_evaluation` writes the results next to the run:
-
-```
-RUN_DIR/evaluation/
-  evaluation.json              test_acc1, test_acc5, per-class accuracy, most-confused pairs
-  confusion_matrix.csv         rows = true class, columns = predicted class, with class names
-  confusion_matrix.png         row-normalised heatmap, class names on both axes
-  per_class_accuracy.csv
-  confused_pairs.csv
-  coarse_confusion_matrix.*    CIFAR-100 only: the same on the 20 superclasses
-```
+`evaluate_run` chooses between the two; `evaluation.write` writes the files (see its docstring).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from transferlab.errors import TransferlabError
-from transferlab.io import atomic_write_text, check_dir_path
+from transferlab.evaluation.calibration import Calibration, calibrate
+from transferlab.metrics import ClassScores, class_scores
 
 PREDICTIONS_FILE = "predictions_test.npz"
 EVALUATION_DIR = "evaluation"
@@ -81,9 +71,33 @@ class Evaluation:
     per_class_acc: np.ndarray  # float64 (k,): recall of each class (NaN when it has no test image)
     confused_pairs: list[ConfusedPair]
     source: str  # where the predictions came from: the predictions file or the checkpoint
+    scores: ClassScores | None = None  # per-class precision, recall, F1, support
+    calibration: Calibration | None = None
+    labels: np.ndarray | None = None  # (N,) the test labels the numbers come from
+    logits: np.ndarray | None = None  # (N, k) float32
+    gallery: Any = None  # evaluation.gallery.Gallery when asked for (needs the run's best.pt)
     coarse_classes: list[str] = field(default_factory=list)
     coarse_confusion: np.ndarray | None = None  # CIFAR-100 only: (20, 20)
     coarse_confused_pairs: list[ConfusedPair] = field(default_factory=list)
+
+    @property
+    def test_bal_acc(self) -> float | None:
+        """Balanced accuracy: the mean per-class recall."""
+        return self.scores.balanced_accuracy if self.scores is not None else None
+
+    @property
+    def test_macro_f1(self) -> float | None:
+        """Macro-F1: the mean per-class F1."""
+        return self.scores.macro_f1 if self.scores is not None else None
+
+    def per_class_rows(self) -> list[dict[str, object]]:
+        """One dict per class: precision, recall, F1 (None where undefined) and support."""
+        if self.scores is None:
+            return []
+        s = self.scores
+        return [{"class": name, "precision": _num(s.precision[i]), "recall": _num(s.recall[i]),
+                 "f1": _num(s.f1[i]), "support": int(s.support[i])}
+                for i, name in enumerate(self.classes)]
 
     def plot_confusion(self, title: str = "", coarse: bool = False) -> Any:
         """The row-normalised confusion matrix as a matplotlib `Figure` (class names on both axes).
@@ -92,7 +106,7 @@ class Evaluation:
             title: the figure's title (the top-1 accuracy is added).
             coarse: CIFAR-100's 20 superclasses instead of the fine classes.
         """
-        from transferlab.report.figures import confusion_figure
+        from transferlab.evaluation.figures import confusion_figure
 
         if coarse and self.coarse_confusion is None:
             raise TransferlabError("this evaluation has no superclasses (CIFAR-100 fine labels only)")
@@ -101,7 +115,7 @@ class Evaluation:
         return confusion_figure(self.confusion, self.classes, title)
 
     def _repr_html_(self) -> str:
-        """Accuracy, per-class accuracy and the most-confused pairs as tables (Jupyter)."""
+        """Accuracy, per-class scores and the most-confused pairs as tables (Jupyter)."""
         from html import escape
 
         def pct(v: float | None) -> str:
@@ -113,13 +127,13 @@ class Evaluation:
             return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
         top5 = f", top-5 {pct(self.test_acc5)}" if self.test_acc5 is not None else ""
-        support = self.confusion.sum(axis=1)
-        per_class = [(name, pct(acc), int(n)) for name, acc, n in
-                     zip(self.classes, self.per_class_acc, support, strict=True)]
+        per_class = [(r["class"], pct(r["precision"]), pct(r["recall"]), pct(r["f1"]), r["support"])
+                     for r in self.per_class_rows()]
         pairs = [(p.true, p.predicted, p.count, pct(p.fraction_of_true)) for p in self.confused_pairs]
-        return (f"<p><b>test top-1 {pct(self.test_acc1)}{top5}</b> ({int(self.confusion.sum()):,} "
-                f"images, from {escape(self.source)})</p>"
-                + table(("class", "accuracy", "test images"), per_class)
+        return (f"<p><b>test top-1 {pct(self.test_acc1)}{top5}</b>, balanced accuracy "
+                f"{pct(self.test_bal_acc)}, macro-F1 {pct(self.test_macro_f1)} "
+                f"({int(self.confusion.sum()):,} images, from {escape(self.source)})</p>"
+                + table(("class", "precision", "recall", "F1", "test images"), per_class)
                 + ("<p>most-confused pairs</p>" + table(("true", "predicted", "images", "of the true class"), pairs)
                    if pairs else ""))
 
@@ -130,16 +144,26 @@ class Evaluation:
             "num_test_images": int(self.confusion.sum()),
             "test_acc1": self.test_acc1,
             "test_acc5": self.test_acc5,
+            "test_bal_acc": _num(self.test_bal_acc),
+            "test_macro_f1": _num(self.test_macro_f1),
+            "per_class": self.per_class_rows(),
             "per_class_acc": {
                 name: (None if np.isnan(acc) else float(acc))
                 for name, acc in zip(self.classes, self.per_class_acc, strict=True)
             },
             "confused_pairs": [asdict(p) for p in self.confused_pairs],
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
         if self.coarse_confusion is not None:
             out["coarse_acc1"] = float(np.trace(self.coarse_confusion) / self.coarse_confusion.sum())
             out["coarse_confused_pairs"] = [asdict(p) for p in self.coarse_confused_pairs]
         return out
+
+
+def _num(value: float | None) -> float | None:
+    """A float for JSON: None for a missing or undefined (NaN) value."""
+    return None if value is None or np.isnan(value) else float(value)
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -231,8 +255,20 @@ def evaluate_predictions(
     classes: Sequence[str],
     num_pairs: int = 20,
     source: str = "predictions",
+    temperature: float | None = None,
 ) -> Evaluation:
-    """Evaluate test predictions: top-1/top-5, confusion matrix, per-class accuracy, confusions."""
+    """Evaluate test predictions: top-1/top-5, confusion matrix, per-class scores, confusions and
+    calibration.
+
+    Args:
+        labels: (N,) true classes.
+        logits: (N, k) the model's logits.
+        classes: the k class names.
+        num_pairs: most-confused pairs to keep.
+        source: where the predictions came from (shown to the user).
+        temperature: the run's fitted temperature (None: the run fitted none; the calibration
+            is then reported for the raw probabilities only).
+    """
     logits = np.asarray(logits, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
     classes = [str(c) for c in classes]
@@ -250,6 +286,10 @@ def evaluate_predictions(
         per_class_acc=per_class_accuracy(cm),
         confused_pairs=most_confused_pairs(cm, classes, num_pairs),
         source=source,
+        scores=class_scores(cm),
+        calibration=calibrate(logits, labels, temperature),
+        labels=labels,
+        logits=logits,
     )
     coarse = cifar100_coarse_map(classes)
     if coarse is not None:
@@ -275,16 +315,54 @@ def load_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return npz["labels"], npz["logits"], [str(c) for c in npz["classes"]]
 
 
-def predict_from_checkpoint(
-    run_dir: Path, device: str | None = None, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rebuild the best model of a run from `best.pt` and predict the dataset's test split.
+def run_temperature(run_dir: Path) -> float | None:
+    """The temperature the run fitted on its validation split (None for a run that fitted none).
+
+    Read from `predictions_test.npz`, else `summary.json`'s calibration record, so the numbers
+    need no torch; `best.pt` holds the same value.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / PREDICTIONS_FILE
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as npz:
+            if "temperature" in npz.files:
+                return float(npz["temperature"])
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        import json
+
+        try:
+            record = json.loads(summary.read_text(encoding="utf-8")).get("calibration") or {}
+        except (ValueError, AttributeError):
+            return None
+        if record.get("temperature") is not None:
+            return float(record["temperature"])
+    return None
+
+
+@dataclass
+class RunModel:
+    """A run's best model with its test images as the run stored them, ready to predict.
+
+    `images` are the stored (resized, cropped) uint8 images (N, H, W, 3) that the model saw
+    through `transform` (resize to the input size and normalise: the run's test-pass transform).
+    """
+
+    model: Any  # TransferModel, in eval mode on `device`
+    transform: Any  # BatchTransform: uint8 NHWC batch -> normalised NCHW input
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    device: Any  # torch.device
+
+
+def load_run_model(run_dir: Path, device: str | None = None) -> RunModel:
+    """Rebuild the best model of a run from `best.pt` with the dataset's test split.
 
     The dataset comes from the run's `config.yaml` and the preprocessing (input size, resize,
     normalisation) from the model's `pretrained_cfg` through `data.preprocess.batch_transform`,
     as in training, so the predictions match those the run made.
     """
-    import torch
     import yaml
 
     from transferlab.data import load_dataset
@@ -296,7 +374,7 @@ def predict_from_checkpoint(
     checkpoint, config_file = run_dir / "best.pt", run_dir / "config.yaml"
     if not checkpoint.is_file() or not config_file.is_file():
         raise TransferlabError(
-            f"{run_dir} has neither {PREDICTIONS_FILE} nor best.pt with config.yaml; "
+            f"{run_dir} has no best.pt with config.yaml; "
             "point `transferlab evaluate` at a run directory written by `transferlab train`"
         )
     from transferlab.training.device import select_device
@@ -314,85 +392,25 @@ def predict_from_checkpoint(
     # The run's own test-pass transform, from the preprocessing best.pt records.
     transform = batch_transform(model.pretrained_cfg, native_size=dataset.image_size).to(dev).eval()
     test = dataset["test"]
+    return RunModel(model, transform, test.images, np.asarray(test.labels), list(dataset.classes),
+                    dev)
+
+
+def predict_from_checkpoint(
+    run_dir: Path, device: str | None = None, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rebuild the best model of a run from `best.pt` and predict the dataset's test split."""
+    import torch
+
+    if not (Path(run_dir) / "best.pt").is_file() or not (Path(run_dir) / "config.yaml").is_file():
+        raise TransferlabError(
+            f"{run_dir} has neither {PREDICTIONS_FILE} nor best.pt with config.yaml; "
+            "point `transferlab evaluate` at a run directory written by `transferlab train`"
+        )
+    run = load_run_model(run_dir, device)
     chunks = []
     with torch.inference_mode():
-        for start in range(0, len(test.labels), batch_size):
-            images = torch.from_numpy(test.images[start : start + batch_size]).to(dev)
-            chunks.append(model(transform(images)).float().cpu().numpy())
-    return test.labels, np.concatenate(chunks), list(dataset.classes)
-
-
-def evaluate_run(run_dir: Path, device: str | None = None, num_pairs: int = 20) -> Evaluation:
-    """Evaluate a run directory from its saved test predictions, else from its best checkpoint."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TransferlabError(f"run directory {run_dir} does not exist; check the path")
-    if (run_dir / PREDICTIONS_FILE).is_file():
-        labels, logits, classes = load_predictions(run_dir)
-        source = PREDICTIONS_FILE
-    else:
-        labels, logits, classes = predict_from_checkpoint(run_dir, device=device)
-        source = "best.pt"
-    return evaluate_predictions(labels, logits, classes, num_pairs=num_pairs, source=source)
-
-
-def _csv_text(rows: Sequence[Sequence[object]]) -> str:
-    """Rows as CSV text."""
-    import io
-
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
-def _matrix_csv(confusion: np.ndarray, classes: Sequence[str]) -> str:
-    """A confusion matrix as CSV: header of predicted classes, one row per true class."""
-    rows: list[list[object]] = [["true\\predicted", *classes]]
-    rows += [[name, *map(int, row)] for name, row in zip(classes, confusion, strict=True)]
-    return _csv_text(rows)
-
-
-def _pairs_csv(pairs: Sequence[ConfusedPair]) -> str:
-    """Most-confused pairs as CSV."""
-    rows: list[list[object]] = [["true", "predicted", "count", "fraction_of_true"]]
-    rows += [[p.true, p.predicted, p.count, f"{p.fraction_of_true:.4f}"] for p in pairs]
-    return _csv_text(rows)
-
-
-def write_evaluation(result: Evaluation, out_dir: Path, title: str = "", figures: bool = True) -> Path:
-    """Write the evaluation's JSON, CSV files and (optionally) confusion-matrix heatmaps."""
-    out_dir = check_dir_path(out_dir, "evaluation folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "evaluation.json", json.dumps(result.to_dict(), indent=2) + "\n")
-    atomic_write_text(out_dir / "confusion_matrix.csv", _matrix_csv(result.confusion, result.classes))
-    per_class = [["class", "accuracy", "test_images"]] + [
-        [name, "" if np.isnan(acc) else f"{acc:.4f}", int(n)]
-        for name, acc, n in zip(
-            result.classes, result.per_class_acc, result.confusion.sum(axis=1), strict=True
-        )
-    ]
-    atomic_write_text(out_dir / "per_class_accuracy.csv", _csv_text(per_class))
-    atomic_write_text(out_dir / "confused_pairs.csv", _pairs_csv(result.confused_pairs))
-    if result.coarse_confusion is not None:
-        atomic_write_text(
-            out_dir / "coarse_confusion_matrix.csv",
-            _matrix_csv(result.coarse_confusion, result.coarse_classes),
-        )
-        atomic_write_text(
-            out_dir / "coarse_confused_pairs.csv", _pairs_csv(result.coarse_confused_pairs)
-        )
-    if figures:
-        # Imported here so that the numeric part of evaluation never needs matplotlib.
-        from transferlab.report.figures import plot_confusion_matrix
-
-        plot_confusion_matrix(
-            result.confusion, result.classes, out_dir / "confusion_matrix.png", title=title
-        )
-        if result.coarse_confusion is not None:
-            plot_confusion_matrix(
-                result.coarse_confusion,
-                result.coarse_classes,
-                out_dir / "coarse_confusion_matrix.png",
-                title=f"{title} (20 superclasses)".strip(),
-            )
-    return out_dir
+        for start in range(0, len(run.labels), batch_size):
+            images = torch.from_numpy(run.images[start : start + batch_size]).to(run.device)
+            chunks.append(run.model(run.transform(images)).float().cpu().numpy())
+    return run.labels, np.concatenate(chunks), run.classes

@@ -1,4 +1,4 @@
-"""Report figures drawn with matplotlib's Agg backend (no display needed), saved atomically as PNG.
+"""Figures of runs and evaluations (matplotlib Agg backend, no display needed), saved as PNG.
 
 Functions named `*_figure` return the matplotlib `Figure` (what a notebook shows); the
 `plot_*` functions save one.
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -178,3 +179,92 @@ def plot_accuracy_vs_time(points: Sequence[TimePoint], path: Path, title: str = 
     ax.set_title(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def reliability_figure(bins: Sequence[Any], calibrated: Sequence[Any] | None = None,
+                       title: str = "", temperature: float | None = None) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, raw and calibrated.
+
+    Points on the diagonal are calibrated; below it the model is over-confident. Marker area
+    grows with the bin's number of images.
+    """
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    series = [("raw (T = 1)", bins, "o")]
+    if calibrated is not None:
+        series.append((f"temperature T = {temperature:.2f}" if temperature else "calibrated",
+                       calibrated, "s"))
+    for label, rows, marker in series:
+        full = [b for b in rows if b.count]
+        total = max(sum(b.count for b in full), 1)
+        ax.plot([b.confidence for b in full], [b.accuracy for b in full], "-", linewidth=1,
+                alpha=0.6)
+        ax.scatter([b.confidence for b in full], [b.accuracy for b in full], marker=marker,
+                   s=[10 + 300 * b.count / total for b in full], label=label, alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence in the bin (top-1 probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def gallery_figure(images: np.ndarray, items: Sequence[Any],
+                   heatmaps: Mapping[tuple[int, int], np.ndarray] | None = None,
+                   title: str = "", per_row: int = 3) -> Figure:
+    """A grid of gallery images, each with its heatmaps for the predicted and the true class.
+
+    Args:
+        images: uint8 (N, H, W, 3) the stored test images (indexed by `item.index`).
+        items: `GalleryItem`s to show, in order.
+        heatmaps: {(image index, class index): (H, W) map in [0, 1]}; None draws the photos only.
+        title: the figure title.
+        per_row: images per row (each takes 3 panels with heatmaps, 1 without).
+    """
+    panels = 3 if heatmaps else 1
+    rows = max(1, math.ceil(len(items) / per_row))
+    cols = per_row * panels
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for n, it in enumerate(items):
+        r, c0 = divmod(n, per_row)
+        photo = images[it.index]
+        ax = axes[r, c0 * panels]
+        ax.imshow(photo)
+        colour = "darkred" if it.true_index != it.predicted_index else "darkgreen"
+        ax.set_title(f"#{it.index} true {it.true}\npred {it.predicted} {100 * it.p_predicted:.0f}%",
+                     fontsize=7, color=colour)
+        if heatmaps:
+            for k, (cls, name, p) in enumerate(((it.predicted_index, it.predicted, it.p_predicted),
+                                                (it.true_index, it.true, it.p_true)), start=1):
+                ax = axes[r, c0 * panels + k]
+                ax.imshow(photo)
+                cam = heatmaps.get((it.index, cls))
+                if cam is not None:
+                    ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                which = "pred" if k == 1 else "true"
+                ax.set_title(f"{which}: {name} {100 * p:.0f}%", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def heatmap_figure(image: np.ndarray, cam: np.ndarray, title: str = "") -> Figure:
+    """An image beside the same image under its class-activation heatmap (`predict --explain`)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    left.imshow(image)
+    right.imshow(image)
+    right.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    for ax, label in ((left, "as the model saw it"), (right, "Grad-CAM of the predicted class")):
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
