@@ -158,9 +158,14 @@ def similarity_study(folder: Path, planted: dict, data_root: Path) -> dict[str, 
             "unrelated_max": unrelated_a.max()}
 
 
-def score(planted: dict, audit: dict) -> dict[str, dict[str, float]]:
-    """Precision and recall of each kind against what was planted."""
+def score(planted: dict, audit: dict, untouched: dict) -> dict[str, dict[str, float]]:
+    """Precision and recall of each kind against what was planted.
+
+    Leakage flags that the untouched archive's audit raised too are CIFAR-10's own near-duplicates
+    across its splits, not false positives: `precision_new` leaves them out of the count.
+    """
     findings = audit["findings"]
+    natural = {p for f in untouched["findings"] if f["kind"] == "leakage" for p in (f["path"], f["other"])}
     leak_pairs = {frozenset((x["copy"], x["original"])) for x in planted["leaks"]}
     leak_paths = {p for pair in leak_pairs for p in pair}
     flagged = [f for f in findings if f["kind"] == "leakage"]
@@ -168,8 +173,11 @@ def score(planted: dict, audit: dict) -> dict[str, dict[str, float]]:
     # A group found with a third member still counts the planted pair as found.
     groups = {g["group"]: {m["path"] for m in g["members"]} for g in audit["groups"]}
     found_pairs = {p for p in leak_pairs if any(p <= members for members in groups.values())}
+    right = sum(f["path"] in leak_paths for f in flagged)
+    new_flags = [f for f in flagged if f["path"] in leak_paths or f["path"] not in natural]
     out = {"leakage": {"flagged": len(flagged), "recall": len(found_pairs | hits) / len(leak_pairs),
-                       "precision": sum(f["path"] in leak_paths for f in flagged) / max(len(flagged), 1)}}
+                       "precision": right / max(len(flagged), 1),
+                       "precision_new": right / max(len(new_flags), 1), "natural": len(flagged) - len(new_flags)}}
     wrong = {x["path"] for x in planted["wrong"]}
     issues = [f for f in findings if f["kind"] == "label_issue"][:1000]
     out["label_issue"] = {"flagged": len(issues),
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         base = run_audit(clean, tmp_path / "out-clean", data_root)
         got = run_audit(planted_root, tmp_path / "out-planted", data_root)
         sims = similarity_study(planted_root, planted, data_root)
-    scores = score(planted, got["audit"])
+    scores = score(planted, got["audit"], base["audit"])
     n_clean = sum(base["audit"]["split_sizes"].values())
     clean_counts = base["audit"]["counts"]
     lines = [
@@ -213,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         f"and JPEG quality 50-95 ({FLIPS} flipped, {CROPS} cropped by 10%, {SHIFTS} colour-shifted); "
         f"{WRONG} training labels moved to another class; {BLANK} blank and {NOISE} noise images.", "",
         "| kind | flagged | precision | recall | target |", "| --- | --- | --- | --- | --- |",
-        f"| leakage (planted copies) | {scores['leakage']['flagged']} | {scores['leakage']['precision']:.1%} | "
-        f"{scores['leakage']['recall']:.1%} | recall >= 95% at precision >= 95% |",
+        f"| leakage (planted copies) | {scores['leakage']['flagged']} | {scores['leakage']['precision']:.1%} "
+        f"({scores['leakage']['precision_new']:.1%} without the {scores['leakage']['natural']} flags the "
+        f"untouched archive raised too) | {scores['leakage']['recall']:.1%} | recall >= 95% at precision >= 95% |",
         f"| label issues, top 1,000 | {scores['label_issue']['flagged']} | {scores['label_issue']['precision']:.1%} | "
         f"{scores['label_issue']['recall']:.1%} | precision >= 70% |",
         f"| blank / noise (outlier or blank) | {scores['odd']['flagged']} | {scores['odd']['precision']:.1%} | "

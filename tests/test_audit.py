@@ -56,7 +56,15 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "test/frog/copy_exact.jpg": frogs[0],
         "test/truck/copy_resized.jpg": trucks[1],
         "test/airplane/copy_flipped.jpg": planes[2],
+        "test/frog/copy_cropped.jpg": frogs[3],
     }
+    # Cropped by 10%, shrunk to 24 px and re-encoded at quality 60: the pixel check finds it.
+    Image.open(frogs[3]).crop((2, 2, 30, 30)).resize((24, 24), Image.BICUBIC).save(
+        root / "test/frog/copy_cropped.jpg", quality=60)
+    # A frame of one (non-grey) colour and a frame of noise among the photos.
+    Image.new("RGB", (32, 32), (200, 40, 90)).save(root / "train/truck/blank.png")
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "train/frog/noise.png")
     (root / "test" / "frog" / "copy_exact.jpg").write_bytes(frogs[0].read_bytes())
     Image.open(trucks[1]).resize((48, 48), Image.BICUBIC).save(root / "test/truck/copy_resized.jpg", quality=70)
     ImageOps.mirror(Image.open(planes[2])).save(root / "test/airplane/copy_flipped.jpg", quality=90)
@@ -82,6 +90,16 @@ def test_copies_across_splits_are_leakage_and_different_photos_are_not(planted: 
     assert not result.of_kind("duplicate") and not result.of_kind("label_conflict")
 
 
+def test_blank_frames_and_noise_are_flagged(planted: dict) -> None:
+    result = planted["result"]
+    assert "train/truck/blank.png" in {f.path for f in result.of_kind("blank")}
+    outliers = [f.path for f in result.of_kind("outlier")]
+    assert "train/frog/noise.png" in outliers
+    # No real photo is called an outlier or blank.
+    assert set(outliers) <= {"train/frog/noise.png", "train/truck/blank.png"}
+    assert {f.path for f in result.of_kind("blank")} == {"train/truck/blank.png"}
+
+
 def test_a_swapped_label_is_ranked_above_its_class_clean_images(planted: dict) -> None:
     result = planted["result"]
     issues = result.of_kind("label_issue")
@@ -97,7 +115,7 @@ def test_a_swapped_label_is_ranked_above_its_class_clean_images(planted: dict) -
 def test_audit_files_are_written_and_the_csv_feeds_exclude(planted: dict) -> None:
     paths = planted["paths"]
     payload = json.loads(paths["json"].read_text())
-    assert payload["counts"]["leakage"] == 3
+    assert payload["counts"]["leakage"] == 4
     rows = list(csv.DictReader(paths["csv"].open()))
     assert {r["path"] for r in rows if r["kind"] == "leakage"} == set(planted["copies"])
     html = paths["html"].read_text()
@@ -111,7 +129,7 @@ def test_data_audit_command(planted: dict, tmp_path: Path, capsys: pytest.Captur
                  "--quiet", "--out", str(tmp_path / "audit")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "leakage: 3 image(s)" in out and "--exclude" in out
+    assert "leakage: 4 image(s)" in out and "--exclude" in out
     assert (tmp_path / "audit" / "audit.html").is_file()
 
 
@@ -204,8 +222,8 @@ def test_audit_page_renders_in_headless_chromium(planted: dict, tmp_path: Path) 
     page.write_text(planted["paths"]["html"].read_text().replace("</body>", RENDER_PROBE + "</body>"))
     shown = _render(browser, page, 1366, 768, tmp_path / "audit.png")
     assert shown["scroll_width"] <= shown["viewport"], "the audit page scrolls sideways at 1366 px"
-    # The three leakage groups (two photos each) and the swapped label's card at least.
-    assert len(shown["images"]) >= 7
+    # The four leakage groups (two photos each) and the swapped label's card at least.
+    assert len(shown["images"]) >= 9
     broken = [i["alt"] for i in shown["images"] if not (i["complete"] and i["natural_width"] > 0)]
     assert not broken, f"thumbnails that did not load: {broken}"
 

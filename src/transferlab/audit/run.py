@@ -3,7 +3,8 @@
 1. load the dataset as training would, and describe every image with pretrained features
    (`audit.features`, cached);
 2. exact duplicates from pixel hashes, near-duplicates from one blocked similarity search
-   (`audit.duplicates`); copies in two splits are leakage, copies with two labels a conflict;
+   and a pixel check of feature neighbours (`data.duplicates`); copies in two splits are leakage,
+   copies with two labels a conflict;
 3. likely label errors from out-of-sample probe probabilities and confident learning
    (`audit.labels`);
 4. outliers, blank, tiny and oddly shaped images (`audit.outliers`); and the class balance.
@@ -134,8 +135,15 @@ def audit_dataset(options: AuditOptions, dataset: ImageDataset | None = None) ->
     exact = dup.exact_groups(hashes)
     found = dup.similar_pairs(pooled, options.near_threshold)
     exact_pairs = [(g[0], m) for g in exact for m in g[1:]]
-    edges = np.concatenate([found.pairs, np.array(exact_pairs, dtype=np.int64).reshape(-1, 2)])
+    thumbs = np.concatenate([dup.thumbnails(ds[s].images) for s in splits])
+    cropped = np.concatenate([dup.thumbnails(ds[s].images, dup.CROP) for s in splits])
+    by_pixels, _ = dup.pixel_pairs(found, thumbs, cropped)
+    edges = np.concatenate([found.pairs, by_pixels, np.array(exact_pairs, dtype=np.int64).reshape(-1, 2)])
     similarity = {(int(a), int(b)): float(s) for (a, b), s in zip(found.pairs, found.similarity, strict=True)}
+    # A pair found by its pixels is scored by its feature similarity (what the threshold speaks of).
+    for a, b in by_pixels:
+        similarity.setdefault((int(a), int(b)), float(np.dot(pooled[a], pooled[b])
+                                                      / (np.linalg.norm(pooled[a]) * np.linalg.norm(pooled[b]) + 1e-12)))
     for a, b in exact_pairs:
         similarity[(a, b)] = 1.0
     groups = dup.connected_groups(edges, len(labels))
@@ -182,11 +190,11 @@ def audit_dataset(options: AuditOptions, dataset: ImageDataset | None = None) ->
 
     # Outliers and odd images.
     t0 = time.perf_counter()
-    z = out.robust_z(out.neighbour_scores(found.nearest))
-    in_group = {p for g in groups for p in g}
-    for p in np.flatnonzero(z > out.OUTLIER_Z):
-        if int(p) not in in_group:
-            result.findings.append(finding(int(p), "outlier", z[p], detail=f"robust z {z[p]:.1f}"))
+    z = out.robust_z(out.class_distance(pooled, labels, k))
+    for p in np.argsort(-z):
+        if z[p] <= out.OUTLIER_Z:
+            break
+        result.findings.append(finding(int(p), "outlier", z[p], detail=f"robust z {z[p]:.1f}"))
     stds = np.concatenate([out.pixel_std(ds[s].images) for s in splits])
     for p in np.flatnonzero(stds < out.CONSTANT_STD):
         result.findings.append(finding(int(p), "blank", stds[p], detail=f"pixel std {stds[p]:.1f}"))

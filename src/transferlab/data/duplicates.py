@@ -66,6 +66,7 @@ class Neighbours:
     pairs: np.ndarray
     similarity: np.ndarray
     nearest: np.ndarray
+    nearest_index: np.ndarray | None = None  # (N, NEIGHBOURS) int64 positions of those images
 
 
 def similar_pairs(descriptors: np.ndarray, threshold: float = NEAR_THRESHOLD,
@@ -86,13 +87,16 @@ def similar_pairs(descriptors: np.ndarray, threshold: float = NEAR_THRESHOLD,
     k = min(neighbours, max(n - 1, 0))
     pairs, sims = [], []
     nearest = np.full((n, neighbours), np.nan, dtype=np.float32)
+    nearest_index = np.full((n, neighbours), -1, dtype=np.int64)
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
         s = x[start:stop] @ x.T  # (b, N)
         rows = torch.arange(start, stop)
         s[rows - start, rows] = -2.0  # an image is not its own neighbour
         if k:
-            nearest[start:stop, :k] = s.topk(k, dim=1).values.numpy()
+            top = s.topk(k, dim=1)
+            nearest[start:stop, :k] = top.values.numpy()
+            nearest_index[start:stop, :k] = top.indices.numpy()
         # Keep j > i only, so each pair is found once.
         upper = torch.arange(n)[None, :] > rows[:, None]
         hit = (s >= threshold) & upper
@@ -101,7 +105,7 @@ def similar_pairs(descriptors: np.ndarray, threshold: float = NEAR_THRESHOLD,
             pairs.append(torch.stack([i + start, j], dim=1).numpy())
             sims.append(s[i, j].numpy())
     return Neighbours(np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64),
-                      np.concatenate(sims) if sims else np.zeros(0, np.float32), nearest)
+                      np.concatenate(sims) if sims else np.zeros(0, np.float32), nearest, nearest_index)
 
 
 def connected_groups(pairs: np.ndarray, n: int) -> list[list[int]]:
@@ -128,3 +132,73 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most `size` covering range(n)."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+THUMB = 16  # side of the grey thumbnails the pixel check compares
+# The pixel check: a pair of feature neighbours at least CANDIDATE_SIMILARITY alike whose grey
+# thumbnails (each standardised, so brightness and contrast shifts cancel; the mirror image tried
+# too) correlate at least PIXEL_CORRELATION is the same photo. Pretrained features alone blur a
+# heavily re-encoded small copy (a 32 px photo shrunk to 24 px at JPEG quality 50 scored 0.57-0.89
+# against its original) into the range of unrelated look-alikes; its pixels still match.
+CANDIDATE_SIMILARITY = 0.5
+PIXEL_CORRELATION = 0.9
+
+
+def rows_per_batch(images: np.ndarray, budget: int = 2**26) -> int:
+    """Rows whose float32 copy fits in `budget` bytes (64 MiB): 2,048 CIFAR images, 256 photos."""
+    return max(1, budget // max(int(np.prod(images.shape[1:])) * 4, 1))
+
+
+CROP = 0.9  # the thumbnail of the central 90% too: a copy cropped by 10% matches it
+
+
+def thumbnails(images: np.ndarray, crop: float = 1.0) -> np.ndarray:
+    """(N, THUMB * THUMB) float32 grey thumbnails of the central `crop` of each image, each
+    standardised to mean 0 and norm 1."""
+    import torch
+
+    batch = rows_per_batch(images)
+    h, w = images.shape[1:3]
+    dh, dw = round(h * (1 - crop) / 2), round(w * (1 - crop) / 2)
+    out = np.empty((len(images), THUMB * THUMB), dtype=np.float32)
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch, dh:h - dh, dw:w - dw]))
+        x = x.float().mean(-1)
+        x = torch.nn.functional.interpolate(x[:, None], size=(THUMB, THUMB), mode="area").flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        out[start:start + len(x)] = torch.nn.functional.normalize(x, dim=1).numpy()
+    return out
+
+
+def pixel_correlation(thumbs: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      cropped: np.ndarray | None = None) -> np.ndarray:
+    """Correlation of the thumbnails of rows a and b: the best of b as is and mirrored, and (with
+    `cropped`, the thumbnails of the central CROP) of either image's centre against the other."""
+
+    def mirror(t: np.ndarray) -> np.ndarray:
+        return t.reshape(-1, THUMB, THUMB)[:, :, ::-1].reshape(len(t), -1)
+
+    views = [(thumbs[a], thumbs[b])]
+    if cropped is not None:
+        views += [(cropped[a], thumbs[b]), (thumbs[a], cropped[b])]
+    return np.max([np.maximum((x * y).sum(1), (x * mirror(y)).sum(1)) for x, y in views], axis=0)
+
+
+def pixel_pairs(found: Neighbours, thumbs: np.ndarray, cropped: np.ndarray | None = None,
+                candidate: float = CANDIDATE_SIMILARITY,
+                correlation: float = PIXEL_CORRELATION) -> tuple[np.ndarray, np.ndarray]:
+    """Feature neighbours (at least `candidate` alike) whose thumbnails correlate >= `correlation`:
+    (P, 2) pairs i < j and their pixel correlations."""
+    if found.nearest_index is None or not len(found.nearest_index):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    rows = np.repeat(np.arange(len(found.nearest_index)), found.nearest_index.shape[1])
+    cols = found.nearest_index.reshape(-1)
+    keep = (cols >= 0) & (np.nan_to_num(found.nearest.reshape(-1), nan=-2.0) >= candidate)
+    a, b = rows[keep], cols[keep]
+    corr = pixel_correlation(thumbs, a, b, cropped)
+    hit = corr >= correlation
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[hit]
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    pairs, first = np.unique(pairs, axis=0, return_index=True)
+    return pairs, corr[hit][first].astype(np.float32)
