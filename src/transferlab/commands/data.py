@@ -51,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--input-size", type=positive_int, default=None, metavar="PX",
                        help="model input size [default: the model's own, at most 3x the images' size]")
     audit.add_argument("--device", default="auto", help="auto | cpu | cuda [default auto]")
+    audit.add_argument("--pixel-check", action="store_true",
+                       help="also compare the pixels of feature neighbours: finds heavily re-encoded "
+                            "small copies, but pairs different photos of objects on a plain background")
     audit.add_argument("--no-labels", action="store_true",
                        help="skip the label check (the slowest part on large datasets)")
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -106,6 +109,7 @@ def run_audit(args: argparse.Namespace) -> int:
                    pretrained=args.pretrained, data_root=args.data_root, image_size=args.image_size,
                    workers=args.workers, model=args.model or AuditOptions.model,
                    input_size=args.input_size, device=args.device, label_issues=not args.no_labels,
+                   pixel_check=args.pixel_check,
                    max_image_pixels=args.max_image_pixels, quiet=args.quiet)
     for line in summary_lines(result):
         print(line)
