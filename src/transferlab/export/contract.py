@@ -128,3 +128,33 @@ def export_metadata(model: TransferModel, source: str) -> dict[str, Any]:
 def dumps(metadata: dict[str, Any]) -> str:
     """The metadata as the JSON text stored in the file."""
     return json.dumps(metadata, sort_keys=True)
+
+
+class ExportedMetadata:
+    """What an exported file's transferlab metadata says, read once for every exported format.
+
+    Attributes:
+        metadata: the whole JSON record (`export_metadata`).
+        pretrained_cfg: the preprocessing the file expects its caller to apply.
+        num_classes: outputs of the model.
+        temperature: the run's calibration (1.0 in files of older versions: no scaling).
+        classes: class names in label order (indices as names when the file has none).
+        model_name: the architecture's registry name.
+    """
+
+    def __init__(self, text: str, path: object) -> None:
+        from transferlab.errors import TransferlabError
+
+        try:
+            self.metadata = json.loads(text)
+            self.pretrained_cfg = PreprocessConfig.from_dict(self.metadata["preprocess"])
+            self.num_classes = int(self.metadata["num_classes"])
+            self.temperature = float(self.metadata.get("temperature", 1.0))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise TransferlabError(
+                f"{path}: unreadable transferlab metadata ({err}); export the run again"
+            ) from err
+        classes = self.metadata.get("classes")
+        self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
+        self.model_name = str(self.metadata.get("model_name"))
+

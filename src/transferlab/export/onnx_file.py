@@ -9,7 +9,6 @@ mobilenet_v2_paper and benchmark_cnn), so 1e-4 catches a wrong graph without fla
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from transferlab.export.contract import (
     METADATA_KEY,
     OUTPUT_NAME,
     PIXEL_MAX,
+    ExportedMetadata,
     ShippableModel,
     dumps,
 )
@@ -101,19 +101,10 @@ class OnnxClassifier:
                 f"{self.path} has no transferlab metadata, so its classes and preprocessing are "
                 "unknown; predict with a file written by `transferlab export RUN_DIR --format onnx`"
             )
-        try:
-            self.metadata = json.loads(props[METADATA_KEY])
-            self.pretrained_cfg = PreprocessConfig.from_dict(self.metadata["preprocess"])
-            self.num_classes = int(self.metadata["num_classes"])
-            # The run's calibration (absent in files of older versions: no scaling).
-            self.temperature = float(self.metadata.get("temperature", 1.0))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise TransferlabError(
-                f"{self.path}: unreadable transferlab metadata ({err}); export the run again"
-            ) from err
-        classes = self.metadata.get("classes")
-        self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
-        self.model_name = str(self.metadata.get("model_name"))
+        read = ExportedMetadata(props[METADATA_KEY], self.path)
+        self.metadata, self.pretrained_cfg = read.metadata, read.pretrained_cfg
+        self.num_classes, self.temperature = read.num_classes, read.temperature
+        self.classes, self.model_name = read.classes, read.model_name
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Logits (N, num_classes) for float32 pixels (N, H, W, 3) in [0, 255]."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from transferlab.errors import TransferlabError
-from transferlab.export.contract import METADATA_KEY, ShippableModel, dumps
+from transferlab.export.contract import METADATA_KEY, ExportedMetadata, ShippableModel, dumps
 from transferlab.export.onnx_file import check_batch, tolerance
 from transferlab.io import atomic_write
 from transferlab.models import TransferModel
@@ -76,9 +76,7 @@ class TorchScriptClassifier:
     """
 
     def __init__(self, path: str | Path) -> None:
-        import json
 
-        from transferlab.models import PreprocessConfig
 
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -95,19 +93,10 @@ class TorchScriptClassifier:
                 f"{self.path} has no transferlab metadata, so its classes and preprocessing are "
                 "unknown; use a file written by `transferlab export RUN_DIR --format torchscript`"
             )
-        try:
-            self.metadata = json.loads(files[EXTRA_FILE])
-            self.pretrained_cfg = PreprocessConfig.from_dict(self.metadata["preprocess"])
-            self.num_classes = int(self.metadata["num_classes"])
-            # The run's calibration (absent in files of older versions: no scaling).
-            self.temperature = float(self.metadata.get("temperature", 1.0))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise TransferlabError(
-                f"{self.path}: unreadable transferlab metadata ({err}); export the run again"
-            ) from err
-        classes = self.metadata.get("classes")
-        self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
-        self.model_name = str(self.metadata.get("model_name"))
+        read = ExportedMetadata(files[EXTRA_FILE], self.path)
+        self.metadata, self.pretrained_cfg = read.metadata, read.pretrained_cfg
+        self.num_classes, self.temperature = read.num_classes, read.temperature
+        self.classes, self.model_name = read.classes, read.model_name
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Logits (N, num_classes) for float32 pixels (N, H, W, 3) in [0, 255]."""
